@@ -1,0 +1,1 @@
+"""Authentication primitives and the permission policy."""

@@ -37,10 +37,10 @@ def _secret_key(config: dict[str, Any]) -> str:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app; configuration problems raise :class:`ConfigError` with the fix."""
     from repository import models  # noqa: F401  (registers every table)
-    from repository.services import maintenance  # noqa: F401  (registers built-in jobs)
     from repository.api import api_bp
     from repository.extension import MyoVault
     from repository.request_context import close_db
+    from repository.services import maintenance  # noqa: F401  (registers built-in jobs)
     from repository.web import register_web
     from repository.worker import make_celery
 

@@ -46,8 +46,16 @@ DEFAULTS: dict[str, Any] = {
     "DB_CONNECT_TIMEOUT_S": 5,
 }
 
-_BOOL = {"true": True, "1": True, "yes": True, "on": True,
-         "false": False, "0": False, "no": False, "off": False}
+_BOOL = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
 
 
 def _coerce(name: str, raw: str) -> Any:
@@ -84,7 +92,7 @@ def load_config(
             config[key.upper()] = value
     for key, raw in env.items():
         if key.startswith(PREFIX):
-            name = key[len(PREFIX):]
+            name = key[len(PREFIX) :]
             if name in DEFAULTS:
                 config[name] = _coerce(name, raw)
     for key, value in (overrides or {}).items():
@@ -94,7 +102,9 @@ def load_config(
 
 def _check_known(name: str, where: str) -> None:
     if name not in DEFAULTS:
-        raise ConfigError(f"unknown setting {name!r} in {where}; known: {', '.join(sorted(DEFAULTS))}")
+        raise ConfigError(
+            f"unknown setting {name!r} in {where}; known: {', '.join(sorted(DEFAULTS))}"
+        )
 
 
 def derive_paths(config: dict[str, Any]) -> dict[str, Any]:

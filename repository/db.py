@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 def make_engine(url: str, *, connect_timeout_s: int = 5) -> Engine:
     """An engine for ``url``: SQLite with foreign keys and WAL, PostgreSQL via psycopg 3."""
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
@@ -73,9 +73,7 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.session_factory: Callable[[], Session] = sessionmaker(
-            engine, expire_on_commit=False
-        )
+        self.session_factory: Callable[[], Session] = sessionmaker(engine, expire_on_commit=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

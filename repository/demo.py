@@ -32,11 +32,16 @@ def create_demo(app: Flask) -> list[str]:
         project = session.scalar(select(Project).where(Project.slug == DEMO_PROJECT))
         if project is None:
             project = projects.create_project(
-                session, SYSTEM, slug=DEMO_PROJECT,
+                session,
+                SYSTEM,
+                slug=DEMO_PROJECT,
                 title="Demo cohort: thigh muscle MRI in neuromuscular disease",
-                description=("Synthetic demonstration cohort (no real participants): Dixon and "
-                             "multi-echo spin-echo thigh MRI across several diseases, two visits each."),
-                is_public=True, wrap_secret=ext.wrap_project_secret,
+                description=(
+                    "Synthetic demonstration cohort (no real participants): Dixon and "
+                    "multi-echo spin-echo thigh MRI across several diseases, two visits each."
+                ),
+                is_public=True,
+                wrap_secret=ext.wrap_project_secret,
             )
             projects.add_site(session, SYSTEM, project, code="DEMO-1", name="Demo Site One")
             lines.append(f"demo project {DEMO_PROJECT} created")
@@ -45,16 +50,27 @@ def create_demo(app: Flask) -> list[str]:
             if session.scalar(select(User.id).where(User.email == email)) is not None:
                 continue
             password = secrets.token_urlsafe(12)
-            accounts.create_user(session, SYSTEM, email=email, name=name, password=password,
-                                 is_admin=is_admin)
+            accounts.create_user(
+                session, SYSTEM, email=email, name=name, password=password, is_admin=is_admin
+            )
             if role:
-                projects.add_member(session, SYSTEM, project, email=email, role=role,
-                                    site_code="DEMO-1" if role == "investigator" else None)
+                projects.add_member(
+                    session,
+                    SYSTEM,
+                    project,
+                    email=email,
+                    role=role,
+                    site_code="DEMO-1" if role == "investigator" else None,
+                )
             created.append((email, password, "admin" if is_admin else role or "researcher"))
     if created:
-        lines.append("demo accounts (passwords shown once; reset with `myovault user reset-password EMAIL`):")
+        lines.append(
+            "demo accounts (passwords shown once; reset with `myovault user reset-password EMAIL`):"
+        )
         lines.extend(f"  {role:<13} {email:<34} {password}" for email, password, role in created)
     else:
-        lines.append("demo accounts exist already (passwords were shown when they were created;"
-                     " `myovault user reset-password EMAIL` sets a new one)")
+        lines.append(
+            "demo accounts exist already (passwords were shown when they were created;"
+            " `myovault user reset-password EMAIL` sets a new one)"
+        )
     return lines

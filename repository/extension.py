@@ -26,12 +26,19 @@ class MyoVault:
     def __init__(self, app: Flask) -> None:
         self.app = app
         self.config = app.config
-        self.db = Database(make_engine(app.config["DATABASE_URL"],
-                                       connect_timeout_s=app.config["DB_CONNECT_TIMEOUT_S"]))
+        self.db = Database(
+            make_engine(
+                app.config["DATABASE_URL"], connect_timeout_s=app.config["DB_CONNECT_TIMEOUT_S"]
+            )
+        )
         self._dispatch: Callable[[int], None] | None = None
         app.extensions["myovault"] = self
         if app.config["CHECK_SERVICES"]:
-            self.check_startup()
+            try:
+                self.check_startup()
+            except ConfigError:
+                self.db.engine.dispose()
+                raise
 
     # --- start-up checks ---------------------------------------------------------------------
     def check_startup(self) -> None:
@@ -75,8 +82,11 @@ class MyoVault:
     def store(self) -> Any:
         from repository.storage import make_store
 
-        return make_store(self.config["STORAGE"], endpoint_url=self.config["S3_ENDPOINT_URL"],
-                          keyring=self.keyring)
+        return make_store(
+            self.config["STORAGE"],
+            endpoint_url=self.config["S3_ENDPOINT_URL"],
+            keyring=self.keyring,
+        )
 
     def storage_problem(self) -> str | None:
         from repository.storage.errors import StorageError
@@ -120,7 +130,9 @@ class MyoVault:
         }
         return {
             "status": "ok" if not any(checks.values()) else "degraded",
-            "checks": {k: {"ok": v is None, **({"error": v} if v else {})} for k, v in checks.items()},
+            "checks": {
+                k: {"ok": v is None, **({"error": v} if v else {})} for k, v in checks.items()
+            },
         }
 
     @staticmethod

@@ -87,7 +87,8 @@ def moto_endpoint():
     port = free_port()
     proc = subprocess.Popen(  # noqa: S603
         [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while not port_open("127.0.0.1", port, 0.2):
@@ -101,3 +102,6 @@ def moto_endpoint():
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+pytest_plugins = ["tests.app_fixtures"]

@@ -15,7 +15,7 @@ def _openapi_path(rule: str) -> str:
     while i < len(rule):
         if rule[i] == "<":
             end = rule.index(">", i)
-            out.append("{" + rule[i + 1:end].split(":")[-1] + "}")
+            out.append("{" + rule[i + 1 : end].split(":")[-1] + "}")
             i = end + 1
         else:
             out.append(rule[i])
@@ -26,8 +26,12 @@ def _openapi_path(rule: str) -> str:
 def build_openapi(app: Flask) -> dict[str, Any]:
     from repository import __version__
 
-    spec = APISpec(title="MyoVault API", version=__version__, openapi_version="3.0.3",
-                   info={"description": "Quantitative muscle MRI repository — REST API."})
+    spec = APISpec(
+        title="MyoVault API",
+        version=__version__,
+        openapi_version="3.0.3",
+        info={"description": "Quantitative muscle MRI repository — REST API."},
+    )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if not rule.endpoint.startswith("api."):

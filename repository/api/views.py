@@ -68,8 +68,10 @@ def me() -> Response:
     _require_user()
     user = actor().user
     assert user is not None  # noqa: S101
-    return jsonify(user=user_json(user),
-                   memberships=[membership_json(m) for m in projects.memberships_of(db(), user)])
+    return jsonify(
+        user=user_json(user),
+        memberships=[membership_json(m) for m in projects.memberships_of(db(), user)],
+    )
 
 
 @api_bp.get("/projects")
@@ -112,8 +114,12 @@ def create_project() -> tuple[Response, int]:
     _require_user()
     body = _json_body()
     project = projects.create_project(
-        db(), actor(), slug=str(body.get("slug", "")), title=str(body.get("title", "")),
-        description=str(body.get("description", "")), is_public=bool(body.get("is_public", True)),
+        db(),
+        actor(),
+        slug=str(body.get("slug", "")),
+        title=str(body.get("title", "")),
+        description=str(body.get("description", "")),
+        is_public=bool(body.get("is_public", True)),
         wrap_secret=ext().wrap_project_secret,
     )
     db().commit()
@@ -180,8 +186,14 @@ def add_member(slug: str) -> tuple[Response, int]:
     _require_user()
     body = _json_body()
     project = projects.get_project(db(), actor(), slug, "project.manage_members")
-    membership = projects.add_member(db(), actor(), project, email=str(body.get("email", "")),
-                                     role=str(body.get("role", "")), site_code=body.get("site"))
+    membership = projects.add_member(
+        db(),
+        actor(),
+        project,
+        email=str(body.get("email", "")),
+        role=str(body.get("role", "")),
+        site_code=body.get("site"),
+    )
     db().commit()
     return jsonify(membership=membership_json(membership)), 201
 
@@ -263,5 +275,9 @@ def verify_audit() -> Response:
     _require_user()
     policy.require(db(), actor(), "admin.view_audit")
     report = audit.verify_chain(db())
-    return jsonify(ok=report.ok, events=report.events, head_hash=report.head_hash,
-                   problems=[{"seq": p.seq, "problem": p.problem} for p in report.problems])
+    return jsonify(
+        ok=report.ok,
+        events=report.events,
+        head_hash=report.head_hash,
+        problems=[{"seq": p.seq, "problem": p.problem} for p in report.problems],
+    )

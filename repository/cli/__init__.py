@@ -126,8 +126,14 @@ def init(admin_email: str) -> None:
             click.echo("accounts exist already; no admin created")
             return
         password = secrets.token_urlsafe(12)
-        accounts.create_user(session, SYSTEM, email=admin_email, name="Administrator",
-                             password=password, is_admin=True)
+        accounts.create_user(
+            session,
+            SYSTEM,
+            email=admin_email,
+            name="Administrator",
+            password=password,
+            is_admin=True,
+        )
     click.echo(f"admin account: {admin_email}  password: {password}  (shown once)")
 
 
@@ -168,9 +174,16 @@ def worker(concurrency: int, loglevel: str) -> None:
     with _app() as app:
         celery = app.extensions["myovault.celery"]
         pool = "solo" if is_embedded_broker(app.config) or concurrency == 1 else "prefork"
-        celery.worker_main(["worker", f"--loglevel={loglevel}", f"--pool={pool}",
-                            f"--concurrency={concurrency}", "--without-gossip",
-                            "--without-mingle"])
+        celery.worker_main(
+            [
+                "worker",
+                f"--loglevel={loglevel}",
+                f"--pool={pool}",
+                f"--concurrency={concurrency}",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
 
 
 # --- audit ---------------------------------------------------------------------------------
@@ -204,8 +217,11 @@ def user() -> None:
 @click.argument("email")
 @click.option("--name", required=True)
 @click.option("--admin", is_flag=True)
-@click.password_option(prompt_required=False, default=None,
-                       help="initial password (default: a random one, printed once)")
+@click.password_option(
+    prompt_required=False,
+    default=None,
+    help="initial password (default: a random one, printed once)",
+)
 def user_create(email: str, name: str, admin: bool, password: str | None) -> None:
     from repository.services import accounts
     from repository.services.context import SYSTEM
@@ -213,8 +229,9 @@ def user_create(email: str, name: str, admin: bool, password: str | None) -> Non
     password = password or secrets.token_urlsafe(12)
     try:
         with _app() as app, app.extensions["myovault"].db.transaction() as session:
-            accounts.create_user(session, SYSTEM, email=email, name=name, password=password,
-                                 is_admin=admin)
+            accounts.create_user(
+                session, SYSTEM, email=email, name=name, password=password, is_admin=admin
+            )
     except MyoVaultError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"created {email}  password: {password}  (shown once)")

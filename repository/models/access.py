@@ -64,9 +64,7 @@ class Grant(Base):
     __tablename__ = "grants"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    request_id: Mapped[int | None] = mapped_column(
-        ForeignKey("access_requests.id"), nullable=True
-    )
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("access_requests.id"), nullable=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     data_level: Mapped[str] = mapped_column(String(32), default="metrics")

@@ -110,9 +110,7 @@ class MuscleMetric(Base):
     """One per-muscle number, indexed for search (e.g. semimembranosus, L, ff_mean, 31.2, %)."""
 
     __tablename__ = "muscle_metrics"
-    __table_args__ = (
-        Index("ix_muscle_metrics_search", "muscle", "side", "metric", "value"),
-    )
+    __table_args__ = (Index("ix_muscle_metrics_search", "muscle", "side", "metric", "value"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id"), index=True)

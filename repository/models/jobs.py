@@ -28,8 +28,11 @@ class Job(Base):
     # Idempotency key (e.g. kind + content hash): the same work is never queued twice.
     key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     status: Mapped[JobStatus] = mapped_column(
-        Enum(JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
-        default=JobStatus.QUEUED, index=True,
+        Enum(
+            JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]
+        ),
+        default=JobStatus.QUEUED,
+        index=True,
     )
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str] = mapped_column(Text, default="")

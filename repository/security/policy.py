@@ -96,8 +96,10 @@ def satisfied_needs(session: Session, actor: Actor, project: Project | None) -> 
 
 
 def _has_active_grant(session: Session, user_id: int, project_id: int) -> bool:
-    stmt = select(Grant.id).where(*_active_grant_clauses(user_id)).where(
-        Grant.project_id == project_id
+    stmt = (
+        select(Grant.id)
+        .where(*_active_grant_clauses(user_id))
+        .where(Grant.project_id == project_id)
     )
     return session.execute(stmt.limit(1)).first() is not None
 
@@ -145,13 +147,15 @@ def project_filter(actor: Actor, action: str) -> ColumnElement[bool]:
             return true()
         roles = [Role(n.value) for n in needs if n.value in {r.value for r in Role}]
         if roles:
-            clauses.append(Project.id.in_(
-                select(Membership.project_id).where(
-                    Membership.user_id == user.id, Membership.role.in_(roles)
+            clauses.append(
+                Project.id.in_(
+                    select(Membership.project_id).where(
+                        Membership.user_id == user.id, Membership.role.in_(roles)
+                    )
                 )
-            ))
+            )
         if N.GRANTEE in needs:
-            clauses.append(Project.id.in_(
-                select(Grant.project_id).where(*_active_grant_clauses(user.id))
-            ))
+            clauses.append(
+                Project.id.in_(select(Grant.project_id).where(*_active_grant_clauses(user.id)))
+            )
     return or_(*clauses) if clauses else false()

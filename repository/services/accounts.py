@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from repository.errors import (
     Conflict,
@@ -26,7 +26,7 @@ from repository.services import audit
 from repository.services.context import Actor
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-TOKEN_PREFIX = "mvt_"
+TOKEN_PREFIX = "mvt_"  # noqa: S105  (a public marker, not a secret)
 
 
 @dataclass(frozen=True)
@@ -64,17 +64,33 @@ def create_user(
         password_hash = hash_password(password)
     except ValueError as exc:
         raise ValidationError(str(exc)) from exc
-    user = User(email=email, name=name.strip(), password_hash=password_hash, is_admin=is_admin,
-                is_verified=is_verified, institution=institution)
+    user = User(
+        email=email,
+        name=name.strip(),
+        password_hash=password_hash,
+        is_admin=is_admin,
+        is_verified=is_verified,
+        institution=institution,
+    )
     session.add(user)
     session.flush()
-    audit.record(session, actor, "user.create", object_type="user", object_id=user.id,
-                 details={"email": email, "is_admin": is_admin})
+    audit.record(
+        session,
+        actor,
+        "user.create",
+        object_type="user",
+        object_id=user.id,
+        details={"email": email, "is_admin": is_admin},
+    )
     return user
 
 
 def set_user_flags(
-    session: Session, actor: Actor, user_id: int, *, is_active: bool | None = None,
+    session: Session,
+    actor: Actor,
+    user_id: int,
+    *,
+    is_active: bool | None = None,
     is_admin: bool | None = None,
 ) -> User:
     policy.require(session, actor, "admin.manage_users")
@@ -91,8 +107,9 @@ def set_user_flags(
             raise ValidationError("you cannot remove your own admin role")
         user.is_admin, changes["is_admin"] = is_admin, is_admin
     if changes:
-        audit.record(session, actor, "user.update", object_type="user", object_id=user.id,
-                     details=changes)
+        audit.record(
+            session, actor, "user.update", object_type="user", object_id=user.id, details=changes
+        )
     return user
 
 
@@ -101,12 +118,17 @@ def list_users(session: Session, actor: Actor) -> list[User]:
     return list(session.scalars(select(User).order_by(User.email)))
 
 
-def _recent_failures(session: Session, column: object, value: str, since: datetime) -> int:
-    return session.scalar(
-        select(func.count(LoginAttempt.id)).where(
-            column == value, LoginAttempt.success.is_(False), LoginAttempt.at > since
+def _recent_failures(
+    session: Session, column: InstrumentedAttribute[str], value: str, since: datetime
+) -> int:
+    return (
+        session.scalar(
+            select(func.count(LoginAttempt.id)).where(
+                column == value, LoginAttempt.success.is_(False), LoginAttempt.at > since
+            )
         )
-    ) or 0
+        or 0
+    )
 
 
 def authenticate(
@@ -119,8 +141,10 @@ def authenticate(
     email = email.strip().lower()
     since = utcnow() - timedelta(seconds=limits.window_s)
     anon = Actor(user=None, ip=ip)
-    if (_recent_failures(session, LoginAttempt.email, email, since) >= limits.max_failures
-            or _recent_failures(session, LoginAttempt.ip, ip, since) >= 4 * limits.max_failures):
+    if (
+        _recent_failures(session, LoginAttempt.email, email, since) >= limits.max_failures
+        or _recent_failures(session, LoginAttempt.ip, ip, since) >= 4 * limits.max_failures
+    ):
         audit.record(session, anon, "login.blocked", object_type="user", details={"email": email})
         raise TooManyAttempts(
             f"too many failed logins; try again in {limits.window_s // 60} minutes"
@@ -129,13 +153,20 @@ def authenticate(
     ok = verify_password(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
         session.add(LoginAttempt(email=email, ip=ip, success=False))
-        audit.record(session, anon, "login.failed", object_type="user",
-                     object_id=user.id if user else "", details={"email": email})
+        audit.record(
+            session,
+            anon,
+            "login.failed",
+            object_type="user",
+            object_id=user.id if user else "",
+            details={"email": email},
+        )
         raise InvalidCredentials("wrong email or password")
     session.add(LoginAttempt(email=email, ip=ip, success=True))
     user.last_login_at = utcnow()
-    audit.record(session, Actor(user=user, ip=ip), "login.success", object_type="user",
-                 object_id=user.id)
+    audit.record(
+        session, Actor(user=user, ip=ip), "login.success", object_type="user", object_id=user.id
+    )
     return user
 
 
@@ -154,12 +185,23 @@ def create_token(
     if not name.strip():
         raise ValidationError("give the token a name")
     plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken(user_id=actor.user.id, name=name.strip()[:100], prefix=plain[:12],
-                     token_hash=_token_hash(plain), expires_at=utcnow() + timedelta(days=days))
+    token = ApiToken(
+        user_id=actor.user.id,
+        name=name.strip()[:100],
+        prefix=plain[:12],
+        token_hash=_token_hash(plain),
+        expires_at=utcnow() + timedelta(days=days),
+    )
     session.add(token)
     session.flush()
-    audit.record(session, actor, "token.create", object_type="api_token", object_id=token.id,
-                 details={"name": token.name, "expires_at": token.expires_at.isoformat()})
+    audit.record(
+        session,
+        actor,
+        "token.create",
+        object_type="api_token",
+        object_id=token.id,
+        details={"name": token.name, "expires_at": token.expires_at.isoformat()},
+    )
     return token, plain
 
 
@@ -175,9 +217,11 @@ def revoke_token(session: Session, actor: Actor, token_id: int) -> None:
 
 def list_tokens(session: Session, actor: Actor) -> list[ApiToken]:
     policy.require(session, actor, "token.manage_own")
-    return list(session.scalars(
-        select(ApiToken).where(ApiToken.user_id == actor.user_id).order_by(ApiToken.created_at)
-    ))
+    return list(
+        session.scalars(
+            select(ApiToken).where(ApiToken.user_id == actor.user_id).order_by(ApiToken.created_at)
+        )
+    )
 
 
 def user_for_token(session: Session, plain: str) -> User:

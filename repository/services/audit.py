@@ -102,7 +102,10 @@ def _iter_events(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:
     last_seq = 0
     while True:
         rows = session.scalars(
-            select(AuditEvent).where(AuditEvent.seq > last_seq).order_by(AuditEvent.seq).limit(batch)
+            select(AuditEvent)
+            .where(AuditEvent.seq > last_seq)
+            .order_by(AuditEvent.seq)
+            .limit(batch)
         ).all()
         if not rows:
             return
@@ -117,11 +120,17 @@ def verify_chain(session: Session) -> ChainReport:
     for event in _iter_events(session):
         count += 1
         if event.seq != expected_seq:
-            problems.append(ChainProblem(expected_seq, f"events {expected_seq}..{event.seq - 1} are missing (deleted)"))
+            problems.append(
+                ChainProblem(
+                    expected_seq, f"events {expected_seq}..{event.seq - 1} are missing (deleted)"
+                )
+            )
         if event.prev_hash != prev_hash:
             problems.append(ChainProblem(event.seq, "link to the previous event is broken"))
         if event_hash(event.prev_hash, event) != event.hash:
-            problems.append(ChainProblem(event.seq, "event content was modified after it was written"))
+            problems.append(
+                ChainProblem(event.seq, "event content was modified after it was written")
+            )
         prev_hash, expected_seq = event.hash, event.seq + 1
     return ChainReport(events=count, problems=tuple(problems), head_hash=prev_hash)
 

@@ -84,8 +84,13 @@ def enqueue(
         existing = session.scalar(select(Job).where(Job.key == key))
         if existing is not None:
             return Enqueued(existing, created=False)
-    job = Job(kind=kind, key=key, payload=payload or {}, project_id=project_id,
-              created_by_id=actor.user_id)
+    job = Job(
+        kind=kind,
+        key=key,
+        payload=payload or {},
+        project_id=project_id,
+        created_by_id=actor.user_id,
+    )
     try:
         with session.begin_nested():
             session.add(job)

@@ -14,5 +14,9 @@ def verify_audit_chain(ctx: JobContext, payload: dict[str, Any]) -> dict[str, An
     ctx.progress(0.1, "verifying the audit chain")
     with ctx.db.transaction() as session:
         report = audit.verify_chain(session)
-    return {"ok": report.ok, "events": report.events, "head_hash": report.head_hash,
-            "problems": [{"seq": p.seq, "problem": p.problem} for p in report.problems]}
+    return {
+        "ok": report.ok,
+        "events": report.events,
+        "head_hash": report.head_hash,
+        "problems": [{"seq": p.seq, "problem": p.problem} for p in report.problems],
+    }

@@ -40,13 +40,25 @@ def create_project(
         raise Conflict(f"a project named {slug!r} already exists")
     secret = secrets.token_bytes(32)
     wrapped = wrap_secret(secret) if wrap_secret is not None else None
-    project = Project(slug=slug, title=title.strip(), description=description.strip(),
-                      is_public=is_public, created_by_id=actor.user_id,
-                      pseudonym_secret_wrapped=wrapped)
+    project = Project(
+        slug=slug,
+        title=title.strip(),
+        description=description.strip(),
+        is_public=is_public,
+        created_by_id=actor.user_id,
+        pseudonym_secret_wrapped=wrapped,
+    )
     session.add(project)
     session.flush()
-    audit.record(session, actor, "project.create", object_type="project", object_id=project.id,
-                 project_id=project.id, details={"slug": slug, "title": project.title})
+    audit.record(
+        session,
+        actor,
+        "project.create",
+        object_type="project",
+        object_id=project.id,
+        project_id=project.id,
+        details={"slug": slug, "title": project.title},
+    )
     return project
 
 
@@ -75,13 +87,25 @@ def add_site(session: Session, actor: Actor, project: Project, *, code: str, nam
     site = Site(project_id=project.id, code=code, name=name.strip() or code)
     session.add(site)
     session.flush()
-    audit.record(session, actor, "project.site.add", object_type="site", object_id=site.id,
-                 project_id=project.id, details={"code": code})
+    audit.record(
+        session,
+        actor,
+        "project.site.add",
+        object_type="site",
+        object_id=site.id,
+        project_id=project.id,
+        details={"code": code},
+    )
     return site
 
 
 def add_member(
-    session: Session, actor: Actor, project: Project, *, email: str, role: Role | str,
+    session: Session,
+    actor: Actor,
+    project: Project,
+    *,
+    email: str,
+    role: Role | str,
     site_code: str | None = None,
 ) -> Membership:
     if not actor.system:
@@ -89,7 +113,9 @@ def add_member(
     try:
         role = Role(role)
     except ValueError:
-        raise ValidationError(f"unknown role {role!r}; one of {', '.join(r.value for r in Role)}") from None
+        raise ValidationError(
+            f"unknown role {role!r}; one of {', '.join(r.value for r in Role)}"
+        ) from None
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
         raise NotFound(f"no account for {email}")
@@ -100,17 +126,27 @@ def add_member(
         )
         if site_id is None:
             raise NotFound(f"no site {site_code} in this project")
-    existing = session.scalar(select(Membership).where(
-        Membership.user_id == user.id, Membership.project_id == project.id, Membership.role == role
-    ))
+    existing = session.scalar(
+        select(Membership).where(
+            Membership.user_id == user.id,
+            Membership.project_id == project.id,
+            Membership.role == role,
+        )
+    )
     if existing is not None:
         raise Conflict(f"{user.email} is already {role.value} of {project.slug}")
     membership = Membership(user_id=user.id, project_id=project.id, role=role, site_id=site_id)
     session.add(membership)
     session.flush()
-    audit.record(session, actor, "project.member.add", object_type="membership",
-                 object_id=membership.id, project_id=project.id,
-                 details={"user": user.email, "role": role.value, "site": site_code})
+    audit.record(
+        session,
+        actor,
+        "project.member.add",
+        object_type="membership",
+        object_id=membership.id,
+        project_id=project.id,
+        details={"user": user.email, "role": role.value, "site": site_code},
+    )
     return membership
 
 
@@ -121,11 +157,20 @@ def remove_member(session: Session, actor: Actor, project: Project, membership_i
         raise NotFound("no such membership")
     details = {"user": membership.user.email, "role": membership.role.value}
     session.delete(membership)
-    audit.record(session, actor, "project.member.remove", object_type="membership",
-                 object_id=membership_id, project_id=project.id, details=details)
+    audit.record(
+        session,
+        actor,
+        "project.member.remove",
+        object_type="membership",
+        object_id=membership_id,
+        project_id=project.id,
+        details=details,
+    )
 
 
 def memberships_of(session: Session, user: User) -> list[Membership]:
-    return list(session.scalars(
-        select(Membership).where(Membership.user_id == user.id).order_by(Membership.project_id)
-    ))
+    return list(
+        session.scalars(
+            select(Membership).where(Membership.user_id == user.id).order_by(Membership.project_id)
+        )
+    )

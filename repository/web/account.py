@@ -16,9 +16,12 @@ bp = Blueprint("account", __name__, url_prefix="/account")
 @bp.get("/tokens")
 @login_required
 def tokens() -> str:
-    return render_template("tokens.html", tokens=accounts.list_tokens(db(), actor()),
-                           max_days=current_app.config["TOKEN_MAX_DAYS"],
-                           default_days=current_app.config["TOKEN_DEFAULT_DAYS"])
+    return render_template(
+        "tokens.html",
+        tokens=accounts.list_tokens(db(), actor()),
+        max_days=current_app.config["TOKEN_MAX_DAYS"],
+        default_days=current_app.config["TOKEN_DEFAULT_DAYS"],
+    )
 
 
 @bp.post("/tokens")
@@ -30,17 +33,25 @@ def create_token() -> str | Response:
         flash("The lifetime must be a whole number of days.", "error")
         return redirect(url_for("account.tokens"))
     try:
-        token, plain = accounts.create_token(db(), actor(), name=request.form.get("name", ""),
-                                             days=days,
-                                             max_days=current_app.config["TOKEN_MAX_DAYS"])
+        token, plain = accounts.create_token(
+            db(),
+            actor(),
+            name=request.form.get("name", ""),
+            days=days,
+            max_days=current_app.config["TOKEN_MAX_DAYS"],
+        )
     except MyoVaultError as exc:
         db().rollback()
         flash(exc.message, "error")
         return redirect(url_for("account.tokens"))
     db().commit()
-    return render_template("tokens.html", tokens=accounts.list_tokens(db(), actor()),
-                           new_token=plain, max_days=current_app.config["TOKEN_MAX_DAYS"],
-                           default_days=current_app.config["TOKEN_DEFAULT_DAYS"])
+    return render_template(
+        "tokens.html",
+        tokens=accounts.list_tokens(db(), actor()),
+        new_token=plain,
+        max_days=current_app.config["TOKEN_MAX_DAYS"],
+        default_days=current_app.config["TOKEN_DEFAULT_DAYS"],
+    )
 
 
 @bp.post("/tokens/<int:token_id>/revoke")

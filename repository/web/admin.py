@@ -30,15 +30,20 @@ def users() -> str:
 def create_user() -> Response | tuple[str, int]:
     try:
         user = accounts.create_user(
-            db(), actor(), email=request.form.get("email", ""), name=request.form.get("name", ""),
-            password=request.form.get("password", ""), is_admin=_form_flag("is_admin"),
+            db(),
+            actor(),
+            email=request.form.get("email", ""),
+            name=request.form.get("name", ""),
+            password=request.form.get("password", ""),
+            is_admin=_form_flag("is_admin"),
             institution=request.form.get("institution", ""),
         )
     except MyoVaultError as exc:
         db().rollback()
         flash(exc.message, "error")
-        return render_template("admin/users.html", users=accounts.list_users(db(), actor()),
-                               form=request.form), exc.status
+        return render_template(
+            "admin/users.html", users=accounts.list_users(db(), actor()), form=request.form
+        ), exc.status
     db().commit()
     flash(f"Account {user.email} created.", "success")
     return redirect(url_for("admin.users"))
@@ -49,8 +54,10 @@ def create_user() -> Response | tuple[str, int]:
 def update_user(user_id: int) -> Response:
     action = request.form.get("action", "")
     changes = {
-        "activate": {"is_active": True}, "deactivate": {"is_active": False},
-        "make_admin": {"is_admin": True}, "remove_admin": {"is_admin": False},
+        "activate": {"is_active": True},
+        "deactivate": {"is_active": False},
+        "make_admin": {"is_admin": True},
+        "remove_admin": {"is_admin": False},
     }
     if action not in changes:
         flash("Unknown action.", "error")
@@ -77,9 +84,13 @@ def project_list() -> str:
 def create_project() -> Response:
     try:
         project = projects.create_project(
-            db(), actor(), slug=request.form.get("slug", ""), title=request.form.get("title", ""),
+            db(),
+            actor(),
+            slug=request.form.get("slug", ""),
+            title=request.form.get("title", ""),
             description=request.form.get("description", ""),
-            is_public=_form_flag("is_public"), wrap_secret=ext().wrap_project_secret,
+            is_public=_form_flag("is_public"),
+            wrap_secret=ext().wrap_project_secret,
         )
         db().commit()
     except MyoVaultError as exc:
@@ -96,9 +107,14 @@ def add_member(slug: str) -> Response:
     session, current = db(), actor()
     project = projects.get_project(session, current, slug, "project.manage_members")
     try:
-        projects.add_member(session, current, project, email=request.form.get("email", ""),
-                            role=request.form.get("role", ""),
-                            site_code=request.form.get("site") or None)
+        projects.add_member(
+            session,
+            current,
+            project,
+            email=request.form.get("email", ""),
+            role=request.form.get("role", ""),
+            site_code=request.form.get("site") or None,
+        )
         session.commit()
         flash("Member added.", "success")
     except MyoVaultError as exc:
@@ -124,8 +140,13 @@ def add_site(slug: str) -> Response:
     session, current = db(), actor()
     project = projects.get_project(session, current, slug, "project.edit")
     try:
-        projects.add_site(session, current, project, code=request.form.get("code", ""),
-                          name=request.form.get("name", ""))
+        projects.add_site(
+            session,
+            current,
+            project,
+            code=request.form.get("code", ""),
+            name=request.form.get("name", ""),
+        )
         session.commit()
         flash("Site added.", "success")
     except MyoVaultError as exc:
@@ -140,5 +161,6 @@ def audit_log() -> str:
     session = db()
     policy.require(session, actor(), "admin.view_audit")
     report = audit.verify_chain(session) if request.args.get("verify") else None
-    return render_template("admin/audit.html", events=audit.recent(session, limit=200),
-                           report=report, Role=Role)
+    return render_template(
+        "admin/audit.html", events=audit.recent(session, limit=200), report=report, Role=Role
+    )

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.wrappers import Response
 
 from repository.errors import InvalidCredentials, TooManyAttempts
@@ -19,12 +28,18 @@ def login() -> str | Response | tuple[str, int]:
         if actor().user is not None:
             return redirect(url_for("pages.dashboard"))
         return render_template("login.html", next=request.args.get("next", ""))
-    limits = accounts.LoginLimits(current_app.config["LOGIN_MAX_FAILURES"],
-                                  current_app.config["LOGIN_WINDOW_S"])
+    limits = accounts.LoginLimits(
+        current_app.config["LOGIN_MAX_FAILURES"], current_app.config["LOGIN_WINDOW_S"]
+    )
     email = request.form.get("email", "")
     try:
-        user = accounts.authenticate(db(), email=email, password=request.form.get("password", ""),
-                                     ip=client_ip(), limits=limits)
+        user = accounts.authenticate(
+            db(),
+            email=email,
+            password=request.form.get("password", ""),
+            ip=client_ip(),
+            limits=limits,
+        )
     except (InvalidCredentials, TooManyAttempts) as exc:
         db().commit()  # failed attempts are recorded and audited
         flash(exc.message, "error")

@@ -36,8 +36,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError) -> tuple[Response | str, int]:
-        return _respond(400, "csrf_failed",
-                        "The form expired or was not sent from this site. Reload the page and try again.")
+        return _respond(
+            400,
+            "csrf_failed",
+            "The form expired or was not sent from this site. Reload the page and try again.",
+        )
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response | str, int]:
@@ -47,14 +50,20 @@ def register(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     def _db_down(exc: OperationalError) -> tuple[Response | str, int]:
         log.error("database error: %s", exc)
-        return _respond(503, "database_unavailable",
-                        "The database is not reachable right now; nothing was changed. Try again shortly.")
+        return _respond(
+            503,
+            "database_unavailable",
+            "The database is not reachable right now; nothing was changed. Try again shortly.",
+        )
 
     @app.errorhandler(StorageUnavailable)
     def _storage_down(exc: StorageUnavailable) -> tuple[Response | str, int]:
         log.error("storage error: %s", exc)
-        return _respond(503, "storage_unavailable",
-                        "The object store is not reachable right now; nothing was changed. Try again shortly.")
+        return _respond(
+            503,
+            "storage_unavailable",
+            "The object store is not reachable right now; nothing was changed. Try again shortly.",
+        )
 
     @app.errorhandler(StorageError)
     def _storage(exc: StorageError) -> tuple[Response | str, int]:

@@ -7,7 +7,16 @@ from collections import defaultdict
 from flask import Blueprint, render_template
 from sqlalchemy import func, select
 
-from repository.models import AccessRequest, Job, JobStatus, Membership, Project, Role, Subject, User
+from repository.models import (
+    AccessRequest,
+    Job,
+    JobStatus,
+    Membership,
+    Project,
+    Role,
+    Subject,
+    User,
+)
 from repository.request_context import actor, db
 from repository.security import policy
 from repository.services import jobs, projects
@@ -33,19 +42,23 @@ def dashboard() -> str:
     pending = {}
     if by_role[Role.DAC_MEMBER]:
         ids = [p.id for p in by_role[Role.DAC_MEMBER]]
-        pending = dict(session.execute(
-            select(AccessRequest.project_id, func.count(AccessRequest.id))
-            .where(AccessRequest.project_id.in_(ids), AccessRequest.status == "pending")
-            .group_by(AccessRequest.project_id)
-        ).all())
+        pending = dict(
+            session.execute(
+                select(AccessRequest.project_id, func.count(AccessRequest.id))
+                .where(AccessRequest.project_id.in_(ids), AccessRequest.status == "pending")
+                .group_by(AccessRequest.project_id)
+            ).all()
+        )
     subject_counts = {}
     owned = {p.id for r in (Role.OWNER, Role.INVESTIGATOR) for p in by_role[r]}
     if owned:
-        subject_counts = dict(session.execute(
-            select(Subject.project_id, func.count(Subject.id))
-            .where(Subject.project_id.in_(owned), Subject.erased_at.is_(None))
-            .group_by(Subject.project_id)
-        ).all())
+        subject_counts = dict(
+            session.execute(
+                select(Subject.project_id, func.count(Subject.id))
+                .where(Subject.project_id.in_(owned), Subject.erased_at.is_(None))
+                .group_by(Subject.project_id)
+            ).all()
+        )
     admin_stats = None
     if policy.can(session, current, "admin.manage_users"):
         admin_stats = {
@@ -53,11 +66,16 @@ def dashboard() -> str:
             "projects": session.scalar(select(func.count(Project.id))),
             "memberships": session.scalar(select(func.count(Membership.id))),
             "failed_jobs": session.scalar(
-                select(func.count(Job.id)).where(Job.status == JobStatus.FAILED)),
+                select(func.count(Job.id)).where(Job.status == JobStatus.FAILED)
+            ),
         }
     return render_template(
-        "dashboard.html", by_role=by_role, Role=Role, pending=pending,
-        subject_counts=subject_counts, admin_stats=admin_stats,
+        "dashboard.html",
+        by_role=by_role,
+        Role=Role,
+        pending=pending,
+        subject_counts=subject_counts,
+        admin_stats=admin_stats,
         recent_jobs=jobs.list_jobs(session, current, limit=10),
         visible_projects=projects.list_projects(session, current),
     )

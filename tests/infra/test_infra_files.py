@@ -344,43 +344,6 @@ def test_chart_workloads_are_hardened(values: dict[str, Any]) -> None:
     assert '"helm.sh/hook": pre-install,pre-upgrade' in migrate
     assert 'command: ["myovault", "db", "upgrade"]' in migrate
 
-
-def test_chart_renders_with_helm(values: dict[str, Any]) -> None:
-    helm_chart = pytest.importorskip(
-        "helm_python.chart", reason="optional Helm engine helm-python-sdk not installed"
-    )
-    report = helm_chart.lint(str(CHART), strict=True)
-    assert report["errors"] == []
-    assert [m for m in report["messages"] if m["severity"] >= 2] == []
-    manifests = helm_chart.Chart.load(str(CHART)).render(
-        name="mv", namespace="prod", is_install=True
-    )
-    docs = [
-        doc
-        for name, text in manifests.items()
-        if name.endswith(".yaml")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
-    kinds = sorted(doc["kind"] for doc in docs)
-    assert kinds == ["Deployment", "Deployment", "Ingress", "Job", "Service"]
-    web = next(
-        d for d in docs if d["metadata"]["name"].endswith("-web") and d["kind"] == "Deployment"
-    )
-    container = web["spec"]["template"]["spec"]["containers"][0]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["path"] == HEALTH_PATH
-    env = {item["name"]: item for item in container["env"]}
-    assert (
-        env["MYOVAULT_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["name"] == values["secret"]["name"]
-    )
-    assert all("value" not in env[k] for k in env if SECRET_NAME.search(k))
-
-
-# --- pre-commit -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
 def hooks() -> dict[str, dict[str, Any]]:
     config = load_yaml(PRECOMMIT)
     return {hook["id"]: hook for repo in config["repos"] for hook in repo["hooks"]}

@@ -31,8 +31,9 @@ def test_intact_chain_verifies(app, world):
 def test_modified_event_is_detected(app, world):
     _write_events(app)
     with app.extensions["myovault"].db.transaction() as session:
-        session.execute(update(AuditEvent).where(AuditEvent.seq == 3)
-                        .values(details={"i": "tampered"}))
+        session.execute(
+            update(AuditEvent).where(AuditEvent.seq == 3).values(details={"i": "tampered"})
+        )
     report = _verify(app)
     assert not report.ok
     assert any(p.seq == 3 and "modified" in p.problem for p in report.problems)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from repository.models import AuditEvent, User
-from tests.repository.conftest import PASSWORD, csrf_token, login
+from tests.app_fixtures import PASSWORD, csrf_token, login
 
 
 def _actions(app) -> list[str]:
@@ -56,8 +56,10 @@ def test_form_without_csrf_token_is_rejected(client, world):
     assert response.status_code == 400
     assert "form expired" in response.get_data(as_text=True)
     login(client, world.emails["admin"])
-    no_token = client.post("/admin/users", data={"email": "x@example.org", "name": "X",
-                                                 "password": "long-enough-password"})
+    no_token = client.post(
+        "/admin/users",
+        data={"email": "x@example.org", "name": "X", "password": "long-enough-password"},
+    )
     assert no_token.status_code == 400
 
 
@@ -80,8 +82,15 @@ def test_deactivated_account_loses_its_session(app, client, world):
 
 def test_login_redirect_only_to_local_paths(client, world):
     token = csrf_token(client)
-    response = client.post("/login", data={"email": world.emails["owner"], "password": PASSWORD,
-                                           "csrf_token": token, "next": "//evil.example/x"})
+    response = client.post(
+        "/login",
+        data={
+            "email": world.emails["owner"],
+            "password": PASSWORD,
+            "csrf_token": token,
+            "next": "//evil.example/x",
+        },
+    )
     assert response.headers["Location"].endswith("/dashboard")
 
 

@@ -10,7 +10,7 @@ from celery.contrib.testing.worker import start_worker
 from repository.models import Job, JobStatus
 from repository.services import jobs
 from repository.services.context import SYSTEM
-from tests.repository.conftest import make_test_app
+from tests.app_fixtures import make_test_app
 
 CALLS: list[dict] = []
 
@@ -30,7 +30,9 @@ def _fail(ctx, payload):
 def _enqueue(app, kind="test.ok", key=None, **payload):
     ext = app.extensions["myovault"]
     with ext.db.transaction() as session:
-        return jobs.enqueue(session, SYSTEM, ext.dispatch, kind=kind, payload=payload, key=key).job.id
+        return jobs.enqueue(
+            session, SYSTEM, ext.dispatch, kind=kind, payload=payload, key=key
+        ).job.id
 
 
 def test_dispatch_happens_after_commit_only(app):
@@ -68,7 +70,11 @@ def test_run_records_progress_result_and_failure(app):
     with ext.db.transaction() as session:
         ok, failed = session.get(Job, ok_id), session.get(Job, fail_id)
         assert (ok.status, ok.progress, ok.result, ok.message) == (
-            JobStatus.DONE, 1.0, {"echo": 42}, "half way")
+            JobStatus.DONE,
+            1.0,
+            {"echo": 42},
+            "half way",
+        )
         assert failed.status is JobStatus.FAILED
         assert failed.error == "ValueError: bad input file"
     assert jobs.run(ext.db, ok_id, {}) is JobStatus.DONE  # finished jobs are not re-run

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from repository.models import ApiToken
 from repository.models._types import utcnow
-from tests.repository.conftest import api_token, csrf_token, login
+from tests.app_fixtures import api_token, csrf_token, login
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -18,8 +18,10 @@ def _auth(token: str) -> dict[str, str]:
 
 def test_token_created_in_the_portal_works_in_the_api(app, client, world):
     login(client, world.emails["researcher"])
-    page = client.post("/account/tokens", data={"name": "laptop", "days": "7",
-                                                "csrf_token": csrf_token(client, "/account/tokens")})
+    page = client.post(
+        "/account/tokens",
+        data={"name": "laptop", "days": "7", "csrf_token": csrf_token(client, "/account/tokens")},
+    )
     html = page.get_data(as_text=True)
     plain = html.split('data-testid="new-token">')[1].split("<")[0]
     me = client.get("/api/v1/me", headers=_auth(plain))
@@ -39,8 +41,10 @@ def test_expired_and_revoked_tokens_are_refused(app, client, world):
         token.expires_at = utcnow() - timedelta(seconds=1)
     expired = client.get("/api/v1/me", headers=_auth(plain))
     assert expired.status_code == 401
-    assert expired.get_json() == {"error": "invalid_credentials",
-                                  "message": "this API token has expired"}
+    assert expired.get_json() == {
+        "error": "invalid_credentials",
+        "message": "this API token has expired",
+    }
     second = api_token(app, world.emails["owner"])
     with app.extensions["myovault"].db.transaction() as session:
         token_id = session.scalar(select(ApiToken.id).order_by(ApiToken.id.desc()))
@@ -63,8 +67,9 @@ def test_api_errors_are_json_with_the_right_status(app, client, world):
     assert client.get("/api/v1/nope").get_json()["error"] == "not_found"
     assert client.put("/api/v1/projects").status_code == 405
     assert client.post("/api/v1/projects", json={"slug": "x"}).status_code == 401
-    forbidden = client.post("/api/v1/projects", json={"slug": "gamma", "title": "G"},
-                            headers=researcher)
+    forbidden = client.post(
+        "/api/v1/projects", json={"slug": "gamma", "title": "G"}, headers=researcher
+    )
     assert forbidden.status_code == 403
     bad = client.post("/api/v1/projects", data="not json", headers=admin)
     assert bad.status_code == 400 and bad.get_json()["error"] == "bad_request"
@@ -86,7 +91,10 @@ def test_unexpected_errors_never_show_a_stack_trace(app, client, world, monkeypa
     response = client.get("/api/v1/projects")
     assert response.status_code == 500
     body = response.get_json()
-    assert body == {"error": "internal_error", "message": "Something went wrong; the error was logged."}
+    assert body == {
+        "error": "internal_error",
+        "message": "Something went wrong; the error was logged.",
+    }
     html = client.get("/").get_data(as_text=True)
     assert "Traceback" not in html and "secret internal detail" not in html
 

@@ -1,4 +1,4 @@
-"""App fixtures: every database test runs on SQLite and on PostgreSQL."""
+"""App fixtures (a pytest plugin loaded by tests/conftest.py): database tests run on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -131,19 +131,32 @@ def password_hash() -> str:
 def world(app: Flask, password_hash: str, monkeypatch: pytest.MonkeyPatch) -> World:
     """Hashing is real but done once per session: argon2 is slow on purpose."""
     real_hash = accounts.hash_password
-    monkeypatch.setattr(accounts, "hash_password",
-                        lambda pw: password_hash if pw == PASSWORD else real_hash(pw))
+    monkeypatch.setattr(
+        accounts, "hash_password", lambda pw: password_hash if pw == PASSWORD else real_hash(pw)
+    )
     ext = app.extensions["myovault"]
     emails, ids = {}, {}
     with ext.db.transaction() as session:
         for slug, public in (("alpha", True), ("beta", False)):
-            p = projects.create_project(session, SYSTEM, slug=slug, title=f"Project {slug}",
-                                        is_public=public, wrap_secret=ext.wrap_project_secret)
+            p = projects.create_project(
+                session,
+                SYSTEM,
+                slug=slug,
+                title=f"Project {slug}",
+                is_public=public,
+                wrap_secret=ext.wrap_project_secret,
+            )
             ids[slug] = p.id
         for role, (is_admin, memberships) in ROLES.items():
             email = f"{role}@example.org"
-            accounts.create_user(session, SYSTEM, email=email, name=role.title(),
-                                 password=PASSWORD, is_admin=is_admin)
+            accounts.create_user(
+                session,
+                SYSTEM,
+                email=email,
+                name=role.title(),
+                password=PASSWORD,
+                is_admin=is_admin,
+            )
             for slug, project_role in memberships:
                 project = session.get(projects.Project, ids[slug])
                 projects.add_member(session, SYSTEM, project, email=email, role=project_role)
@@ -163,8 +176,7 @@ def csrf_token(client: FlaskClient, path: str = "/login") -> str:
 
 def login(client: FlaskClient, email: str, password: str = PASSWORD) -> Any:
     token = csrf_token(client)
-    return client.post("/login", data={"email": email, "password": password,
-                                       "csrf_token": token})
+    return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
 
 
 def api_token(app: Flask, email: str, days: int = 30) -> str:
@@ -176,6 +188,7 @@ def api_token(app: Flask, email: str, days: int = 30) -> str:
     ext = app.extensions["myovault"]
     with ext.db.transaction() as session:
         user = session.scalar(select(User).where(User.email == email))
-        _, plain = accounts.create_token(session, Actor(user=user), name="test", days=days,
-                                         max_days=365)
+        _, plain = accounts.create_token(
+            session, Actor(user=user), name="test", days=days, max_days=365
+        )
     return plain

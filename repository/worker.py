@@ -20,7 +20,7 @@ def broker_options(config: dict[str, Any]) -> dict[str, Any]:
     if not is_embedded_broker(config):
         return {"broker_url": config["BROKER_URL"]}
     queue = Path(config["QUEUE_DIR"])
-    for sub in ("in", "processed"):
+    for sub in ("in", "processed", "control"):
         (queue / sub).mkdir(parents=True, exist_ok=True)
     return {
         "broker_url": "filesystem://",
@@ -28,6 +28,7 @@ def broker_options(config: dict[str, Any]) -> dict[str, Any]:
             "data_folder_in": str(queue / "in"),
             "data_folder_out": str(queue / "in"),
             "processed_folder": str(queue / "processed"),
+            "control_folder": str(queue / "control"),
             "store_processed": False,
         },
     }

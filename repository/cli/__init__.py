@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 import signal
@@ -33,7 +34,36 @@ def _app(check: bool = True, **overrides: Any) -> Iterator[Flask]:
         app.extensions["myovault"].db.engine.dispose()
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose heavier commands (science libraries, torch) are imported only when used."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy  # command name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module_name, attribute = self.lazy[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+FEATURE_COMMANDS = {
+    "anonymize": "repository.cli.anonymize:anonymize",
+    "convert": "repository.cli.convert:convert",
+    "fit": "repository.cli.fit:fit",
+    "segment": "repository.cli.segment:segment",
+    "train-segmentation": "repository.cli.segment:train_segmentation",
+}
+
+
+@click.group(cls=LazyGroup, lazy=FEATURE_COMMANDS)
 @click.version_option(package_name="myovault")
 def main() -> None:
     """MyoVault — secure repository for quantitative muscle MRI."""
@@ -270,17 +300,6 @@ def demo(ctx: click.Context, host: str, port: int, no_serve: bool) -> None:
             click.echo(line)
     if not no_serve:
         ctx.invoke(serve, host=host, port=port)
-
-
-def _register_feature_commands() -> None:
-    """Commands of the science libraries, each thin over its package."""
-    from repository.cli import anonymize, convert, fit, segment
-
-    main.add_command(anonymize.anonymize)
-    main.add_command(convert.convert)
-    main.add_command(fit.fit)
-    main.add_command(segment.segment)
-    main.add_command(segment.train_segmentation)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from repository.api import api_bp
     from repository.extension import MyoVault
     from repository.request_context import close_db
-    from repository.services import maintenance  # noqa: F401  (registers built-in jobs)
+    from repository.services import (
+        access,  # noqa: F401  (access reminder job)
+        maintenance,  # noqa: F401  (registers built-in jobs)
+        pipeline,  # noqa: F401  (ingest pipeline jobs)
+    )
     from repository.web import register_web
     from repository.worker import make_celery
 

@@ -44,6 +44,21 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_BYTES": 64 * 1024**2,
     "CHECK_SERVICES": True,  # fail at start when database / storage / key are unusable
     "DB_CONNECT_TIMEOUT_S": 5,
+    # pipeline (issue 4): seconds identifiable originals stay in quarantine after verification
+    "QUARANTINE_RETENTION_S": 0,
+    "PIPELINE_FIT": True,
+    "DEMO_COHORT": "synthetic",  # synthetic | fast | none
+    # notifications (issue 7): "outbox" keeps mail in the database; "smtp" sends it
+    "MAIL_SENDER": "outbox",
+    "SMTP_HOST": None,
+    "SMTP_PORT": 25,
+    "MAIL_FROM": "myovault@localhost",
+    "ADMIN_EMAIL": None,  # shown to harvesters (OAI-PMH Identify)
+    # DataCite DOI minting (issue 8); without it, snapshots get local persistent identifiers
+    "DATACITE_API_URL": None,
+    "DATACITE_REPOSITORY_ID": None,
+    "DATACITE_PASSWORD": None,
+    "DATACITE_PREFIX": None,
 }
 
 _BOOL = {

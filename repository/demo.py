@@ -73,4 +73,7 @@ def create_demo(app: Flask) -> list[str]:
             "demo accounts exist already (passwords were shown when they were created;"
             " `myovault user reset-password EMAIL` sets a new one)"
         )
+    from repository.demo_cohort import ingest_demo_cohort  # issue 4: the synthetic cohort
+
+    lines.extend(ingest_demo_cohort(app, DEMO_PROJECT))
     return lines

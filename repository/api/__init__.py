@@ -34,4 +34,10 @@ def _authenticate() -> None:
     g.actor = Actor(user=user, ip=client_ip())
 
 
-from repository.api import views  # noqa: E402,F401  (registers the routes)
+# Route modules register themselves on api_bp when imported.
+from repository.api import (  # noqa: E402
+    consent,  # noqa: F401  (consent, access, grants; issue 7)
+    search,  # noqa: F401  (search, snapshots, metadata; issue 8)
+    uploads,  # noqa: F401  (upload routes, issue 4)
+    views,  # noqa: F401  (foundation routes)
+)

@@ -60,6 +60,11 @@ FEATURE_COMMANDS = {
     "fit": "repository.cli.fit:fit",
     "segment": "repository.cli.segment:segment",
     "train-segmentation": "repository.cli.segment:train_segmentation",
+    "access-reminders": "repository.cli.consent:access_reminders",
+    "upload": "repository.cli.ingest:upload",
+    "ingest": "repository.cli.ingest:ingest",
+    "fixity": "repository.cli.ingest:fixity",
+    "dicom-receiver": "repository.cli.ingest:dicom_receiver",
 }
 
 

@@ -1,8 +1,20 @@
 """Every table of MyoVault; importing this module registers them all on ``Base.metadata``."""
 
-from repository.models.access import AccessRequest, Consent, Decision, Download, Grant
+from repository.models.access import (
+    AccessRequest,
+    Comment,
+    Consent,
+    DacSettings,
+    Decision,
+    Download,
+    DownloadLink,
+    Grant,
+    Notification,
+    Vote,
+)
 from repository.models.accounts import ApiToken, LoginAttempt, User
 from repository.models.audit import AuditEvent
+from repository.models.catalog import CohortSnapshot, ProjectMetadataVersion, SavedQuery
 from repository.models.imaging import (
     Derivative,
     MuscleMetric,
@@ -14,11 +26,18 @@ from repository.models.imaging import (
 from repository.models.jobs import Job, JobStatus
 from repository.models.keys import SubjectKey
 from repository.models.projects import Membership, Project, Role, Site
+from repository.models.uploads import FileState, Upload, UploadChunk, UploadFile, UploadState
 
 __all__ = [
+    "Vote",
+    "Notification",
+    "DownloadLink",
+    "DacSettings",
+    "Comment",
     "AccessRequest",
     "ApiToken",
     "AuditEvent",
+    "CohortSnapshot",
     "Consent",
     "Decision",
     "Derivative",
@@ -27,15 +46,22 @@ __all__ = [
     "Job",
     "JobStatus",
     "LoginAttempt",
+    "FileState",
     "Membership",
     "MuscleMetric",
     "Project",
+    "ProjectMetadataVersion",
     "Role",
+    "SavedQuery",
     "Series",
     "Site",
     "StoredObject",
     "Subject",
     "SubjectKey",
+    "Upload",
+    "UploadChunk",
+    "UploadFile",
+    "UploadState",
     "User",
     "Visit",
 ]

@@ -6,7 +6,16 @@ import enum
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Boolean, Enum, ForeignKey, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    Enum,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from repository.db import Base
@@ -35,6 +44,14 @@ class Project(Base):
     licence: Mapped[str] = mapped_column(String(100), default="")
     data_use_conditions: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     is_public: Mapped[bool] = mapped_column(Boolean, default=True)
+    # FAIR metadata (validated and versioned by repository/services/metadata.py)
+    keywords: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    contact: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    funding: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    publications: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    site_names: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    metadata_version: Mapped[int] = mapped_column(Integer, default=0)
+    metadata_updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Per-project secret keying the subject pseudonyms, wrapped by the master key.
     pseudonym_secret_wrapped: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -54,6 +54,19 @@ POLICY: dict[str, frozenset[Need]] = {
     "project.view_jobs": frozenset({N.OWNER, N.INVESTIGATOR, N.ADMIN}),
     "project.review_requests": frozenset({N.DAC_MEMBER}),
     "project.view_audit": frozenset({N.OWNER, N.ADMIN}),
+    # consent, access requests, DAC, grants, downloads, erasure (issue 7)
+    "project.manage_consent": frozenset({N.INVESTIGATOR, N.OWNER}),
+    "project.erase_subject": frozenset({N.OWNER}),
+    "project.request_access": frozenset({N.AUTHENTICATED}),
+    "project.decide_requests": frozenset({N.DAC_MEMBER}),
+    "project.manage_dac": frozenset({N.OWNER}),
+    "project.manage_grants": frozenset({N.OWNER, N.DAC_MEMBER, N.ADMIN}),
+    "project.view_processing_record": frozenset({N.OWNER, N.ADMIN}),
+    "project.download": frozenset({N.GRANTEE}),
+    # cohort search, saved queries and snapshots (issue 8); snapshot landing pages follow
+    # project.view_metadata, snapshot manifests project.view_data
+    "search.save_query": frozenset({N.AUTHENTICATED}),
+    "snapshot.create": frozenset({N.AUTHENTICATED}),
 }
 
 PROJECT_ACTIONS = frozenset(a for a in POLICY if a.startswith("project.") and a != "project.create")

@@ -50,6 +50,21 @@ def register_web(app: Flask) -> None:
     app.after_request(_security_headers)
     for bp in (auth.bp, pages.bp, admin.bp, account.bp):
         app.register_blueprint(bp)
+    from repository.web import catalog, oai, search  # cohort search and catalogue (issue 8)
+
+    for bp in (search.bp, catalog.bp, oai.bp):
+        app.register_blueprint(bp)
+    from repository.web import access as access_web  # consent, DAC, grants (issue 7)
+    from repository.web import consent as consent_web
+
+    app.register_blueprint(consent_web.bp)
+    app.register_blueprint(access_web.bp)
+    from repository.web import uploads as uploads_web  # uploads and pipeline (issue 4)
+
+    app.register_blueprint(uploads_web.bp)
+    from repository import csrf
+
+    csrf.exempt(oai.bp)  # OAI-PMH harvesters may POST; it is read-only and cookie-free
     errors.register(app)
 
     @app.context_processor

@@ -71,6 +71,20 @@ EXPECTED = {  # role -> actions allowed on project alpha (public)
     "other_owner": {"project.view_metadata"},
 }
 
+# consent, access requests, DAC, grants, downloads, erasure (issue 7)
+for _role in ("researcher", "admin", "owner", "investigator", "dac", "other_owner"):
+    EXPECTED[_role] |= {"project.request_access"}
+EXPECTED["admin"] |= {"project.manage_grants", "project.view_processing_record"}
+EXPECTED["owner"] |= {
+    "project.manage_consent",
+    "project.erase_subject",
+    "project.manage_dac",
+    "project.manage_grants",
+    "project.view_processing_record",
+}
+EXPECTED["investigator"] |= {"project.manage_consent"}
+EXPECTED["dac"] |= {"project.decide_requests", "project.manage_grants"}
+
 
 def test_role_matrix_on_a_public_project(app, world):
     with app.extensions["myovault"].db.transaction() as session:

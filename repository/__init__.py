@@ -44,6 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         access,  # noqa: F401  (access reminder job)
         maintenance,  # noqa: F401  (registers built-in jobs)
         pipeline,  # noqa: F401  (ingest pipeline jobs)
+        pipeline_segment,  # noqa: F401  (segmentation + metrics stage)
     )
     from repository.web import register_web
     from repository.worker import make_celery

@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     # pipeline (issue 4): seconds identifiable originals stay in quarantine after verification
     "QUARANTINE_RETENTION_S": 0,
     "PIPELINE_FIT": True,
+    "PIPELINE_SEGMENT": True,
     "DEMO_COHORT": "synthetic",  # synthetic | fast | none
     # notifications (issue 7): "outbox" keeps mail in the database; "smtp" sends it
     "MAIL_SENDER": "outbox",

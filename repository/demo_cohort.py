@@ -351,10 +351,52 @@ def ingest_demo_cohort(
             root, n_subjects=n_subjects, shape_xyz=(64, 64, 6), n_echoes=7, realistic=realistic
         )
         summary = ingest_directory(ext, SYSTEM, root, project_slug, label=DEMO_LABEL)
+    record_demo_consents(ext, project_slug, patients)
     return [
         f"demo cohort: {len(patients)} synthetic subjects x 2 visits (Dixon + MESE) ingested "
         f"as upload {summary['upload_id']}: {summary['state']} {summary['counts']}"
     ]
+
+
+def record_demo_consents(ext: Any, project_slug: str, patients: Sequence[FakePatient]) -> None:
+    """Give each demo subject its (synthetic) disease and a broad research consent (HMB), so
+    the demo cohort is searchable and requestable like a real one."""
+    from sqlalchemy import select
+
+    from anonymizer import Pseudonymizer
+    from repository.models import Project, Subject
+    from repository.services import consent as consent_service
+    from repository.services.context import SYSTEM
+
+    with ext.db.transaction() as session:
+        project = session.scalar(select(Project).where(Project.slug == project_slug))
+        secret = ext.unwrap_project_secret(project.pseudonym_secret_wrapped)
+        pseudonyms = Pseudonymizer(secret, project_slug, "")
+        for patient in patients:
+            pseudonym = pseudonyms.subject_pseudonym(patient.patient_id)
+            subject = session.scalar(
+                select(Subject).where(
+                    Subject.project_id == project.id, Subject.pseudonym == pseudonym
+                )
+            )
+            if subject is None:  # the pipeline quarantined all of this patient's files
+                continue
+            subject.disease = patient.disease
+            consent_service.record_consent(
+                session,
+                SYSTEM,
+                project,
+                {
+                    "pseudonym": pseudonym,
+                    "form": "MyoVault demo consent (synthetic participants)",
+                    "form_version": "1.0",
+                    "signed_on": "2024-01-02",
+                    "duo_terms": "HMB",
+                    "lawful_basis": "6(1)(e)",
+                    "special_category_basis": "9(2)(j)",
+                },
+                source="system",
+            )
 
 
 DEMO_LABEL = "demo cohort (synthetic)"

@@ -19,7 +19,7 @@ from repository.security import policy
 from repository.services import audit, notify
 from repository.services.context import Actor
 
-SOURCES = ("ui", "csv", "api")
+SOURCES = ("ui", "csv", "api", "system")
 
 
 def consent_status(consent: Consent | None, today: date | None = None) -> str:
@@ -119,8 +119,12 @@ def record_consent(
     *,
     source: str = "ui",
 ) -> Consent:
-    """Append a new consent version for the subject named by ``data['pseudonym']``."""
-    policy.require(session, actor, "project.manage_consent", project)
+    """Append a new consent version for the subject named by ``data['pseudonym']``.
+
+    The system actor (demo set-up, trusted imports) is not subject to the project policy.
+    """
+    if not actor.system:
+        policy.require(session, actor, "project.manage_consent", project)
     if source not in SOURCES:
         raise ValueError(f"unknown consent source {source!r}")
     try:

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 #: an archive member may expand to at most this many times its compressed size
 ZIP_MAX_RATIO = 200
 ZIP_MAX_MEMBERS = 100_000
-STAGES = ("deidentify", "verify", "convert", "fit")
+STAGES = ("deidentify", "verify", "convert", "fit", "segment")
 #: series contrasts the fit stage maps (qmri.run): MESE → water T2/FF/B1, vendor Dixon → FF
 FIT_CONTRASTS = ("MESE", "DIXON_WATER")
 FITTER = "myovault-qmri"
@@ -941,6 +941,13 @@ def fit_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
                 object_id=series_id,
                 project_id=project_id,
                 details={"maps": len(stored)},
+            )
+    if results["maps"] and ctx.services["config"].get("PIPELINE_SEGMENT", True):
+        digest = hashlib.sha256(f"u{upload_id}:maps:{results['maps']}:{len(rows)}".encode())
+        with ctx.db.transaction() as session:
+            upload, _ = _load(session, upload_id)
+            enqueue_stage(
+                session, SYSTEM, upload, "segment", _dispatcher(ctx), digest.hexdigest()[:32]
             )
     return results
 

@@ -68,7 +68,11 @@ def test_worker_killed_mid_conversion_leaves_nothing_half_written(
     monkeypatch.setattr(store, "put", real_put)
     with app.app_context():  # the broker re-delivers the task (acks_late): it runs again
         ran = run_local(ext, upload_id)
-    assert ran == [("pipeline.convert", "done"), ("pipeline.fit", "done")]
+    assert ran == [
+        ("pipeline.convert", "done"),
+        ("pipeline.fit", "done"),
+        ("pipeline.segment", "done"),
+    ]
     with ext.db.transaction() as s:
         assert set(s.scalars(select(UploadFile.state))) == {FileState.CONVERTED}
         job = s.scalar(select(Job).where(Job.kind == "pipeline.convert"))
@@ -119,8 +123,37 @@ def test_stage_jobs_are_keyed_by_content(app: Flask, world: World, tmp_path: Pat
         "pipeline.verify",
         "pipeline.convert",
         "pipeline.fit",
+        "pipeline.segment",
     ]
     assert all(len(k.split(":")[1]) == 32 for k in keys)
+
+
+def test_segment_stage_stores_labels_and_indexes_metrics(
+    app: Flask, world: World, tmp_path: Path
+) -> None:
+    from repository.models import Derivative, MuscleMetric
+
+    tiny_cohort(tmp_path / "in")
+    ext = app.extensions["myovault"]
+    with app.app_context():
+        ingest_directory(ext, SYSTEM, tmp_path / "in", "alpha")
+    with ext.db.transaction() as s:
+        job = s.scalar(select(Job).where(Job.kind == "pipeline.segment"))
+        assert job is not None and job.status == JobStatus.DONE, job and job.error
+        assert job.result["segmented"] >= 1 and job.result["failed"] == []
+        labels = s.scalars(select(Derivative).where(Derivative.kind == "LABELS")).all()
+        assert labels and all(d.model_version.startswith("thigh-unet-v1@") for d in labels)
+        assert all("qc_flags" in d.parameters for d in labels)
+        metrics = s.scalars(select(MuscleMetric)).all()
+        assert {m.side for m in metrics} <= {"L", "R"}
+        assert all(m.derivative_id in {d.id for d in labels} for m in metrics)
+        first = len(metrics)
+        job.status = JobStatus.QUEUED  # re-running replaces, never duplicates
+        job_id = job.id
+    with app.app_context():
+        assert jobs.run(ext.db, job_id, local_services(ext)) == JobStatus.DONE
+    with ext.db.transaction() as s:
+        assert len(s.scalars(select(MuscleMetric)).all()) == first
 
 
 @pytest.mark.realdata

@@ -209,6 +209,7 @@ def test_pipeline_end_to_end_and_quarantine_deleted(
         ("pipeline.verify", "done"),
         ("pipeline.convert", "done"),
         ("pipeline.fit", "done"),
+        ("pipeline.segment", "done"),
     ]
     assert _quarantine_keys(app) == []
     ext = app.extensions["myovault"]
@@ -231,7 +232,10 @@ def test_pipeline_end_to_end_and_quarantine_deleted(
         derivatives = s.scalars(select(Derivative)).all()
         kinds = {d.kind for d in derivatives}
         assert {"T2", "FF"} <= kinds, kinds  # water T2 from MESE, FF from vendor Dixon
-        assert all(d.software == "myovault-qmri" and d.software_version for d in derivatives)
+        maps = [d for d in derivatives if d.kind not in ("LABELS", "LABELS_JSON", "METRICS_TSV")]
+        assert all(d.software == "myovault-qmri" and d.software_version for d in maps)
+        segmentations = [d for d in derivatives if d.kind == "LABELS"]
+        assert segmentations and all(d.model_version for d in segmentations)
     assert {"upload.create", "upload.deidentify", "upload.convert"} <= actions
     assert "upload.quarantine_purged" in actions
     keys = list(ext.store.iter_keys("mids/"))

@@ -344,6 +344,8 @@ def test_chart_workloads_are_hardened(values: dict[str, Any]) -> None:
     assert '"helm.sh/hook": pre-install,pre-upgrade' in migrate
     assert 'command: ["myovault", "db", "upgrade"]' in migrate
 
+
+@pytest.fixture(scope="module")
 def hooks() -> dict[str, dict[str, Any]]:
     config = load_yaml(PRECOMMIT)
     return {hook["id"]: hook for repo in config["repos"] for hook in repo["hooks"]}

@@ -12,7 +12,7 @@ from qmri.segmentation import load_model, segment_volume
 from qmri.segmentation.registry import ModelRegistry
 from qmri.segmentation.train import dice_per_label
 
-#: Sanity floors (the measured values are in bench/RESULTS-segmentation.md): parametric
+#: Sanity floors (the measured values are in bench/RESULTS.md): parametric
 #: ellipse shapes are further from the training anatomy than held-out real anatomy.
 MIN_PARAMETRIC_DICE = 0.7  # measured 0.84 (seed 21, moderate, water)
 MIN_REAL_ANATOMY_DICE = 0.55  # measured 0.70 (test map 3, severe, MESE)

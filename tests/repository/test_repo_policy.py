@@ -170,3 +170,20 @@ def test_jobs_of_another_project_cannot_be_reached_by_id(app, client, world):
             ).status_code
             == 404
         )
+
+
+def test_project_page_links_only_to_pages_the_role_may_open(app, client, world):
+    """No dead ends: every link on the project page opens for the user who sees it."""
+    import re
+
+    for role in ("owner", "investigator", "dac", "researcher", "admin"):
+        user = app.test_client()
+        login(user, world.emails[role])
+        html = user.get("/projects/alpha").get_data(as_text=True)
+        nav = html.split('data-testid="project-links"', 1)[1].split("</nav>", 1)[0]
+        links = re.findall(r'href="([^"]+)"', nav)
+        assert links, role
+        for link in links:
+            assert user.get(link).status_code == 200, (role, link)
+    anonymous = client.get("/projects/alpha").get_data(as_text=True)
+    assert "Log in to request access" in anonymous

@@ -10,7 +10,8 @@ from typing import Any
 from flask import Response, jsonify, request, stream_with_context, url_for
 
 from repository.api import api_bp
-from repository.errors import AuthenticationRequired, BadRequest, ValidationError
+from repository.api.requests import json_body, require_user
+from repository.errors import ValidationError
 from repository.models import AccessRequest, Consent, Grant, Project
 from repository.request_context import actor, db, ext
 from repository.security import policy
@@ -18,25 +19,13 @@ from repository.services import access, downloads, erasure, projects, provenance
 from repository.services import consent as consent_service
 
 
-def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("send a JSON object with Content-Type: application/json")
-    return body
-
-
-def _user() -> None:
-    if actor().user is None:
-        raise AuthenticationRequired("this endpoint needs an API token")
-
-
 def _project(slug: str, action: str) -> Project:
-    _user()
+    require_user()
     return projects.get_project(db(), actor(), slug, action)
 
 
 def _requestable(slug: str) -> Project:
-    _user()
+    require_user()
     return access.requestable_project(db(), actor(), slug)
 
 
@@ -149,7 +138,7 @@ def record_consent(slug: str) -> tuple[Response, int]:
         422: {description: Invalid fields (all problems listed).}
     """
     project = _project(slug, "project.manage_consent")
-    row = consent_service.record_consent(db(), actor(), project, _body(), source="api")
+    row = consent_service.record_consent(db(), actor(), project, json_body(), source="api")
     result = consent_json(row)
     db().commit()
     return jsonify(consent=result), 201
@@ -266,7 +255,12 @@ def erase_subject(slug: str, pseudonym: str) -> Response:
     """
     project = _project(slug, "project.erase_subject")
     report = erasure.erase_subject(
-        db(), actor(), project, pseudonym, reason=str(_body().get("reason", "")), store=ext().store
+        db(),
+        actor(),
+        project,
+        pseudonym,
+        reason=str(json_body().get("reason", "")),
+        store=ext().store,
     )
     db().commit()
     return jsonify(
@@ -390,7 +384,7 @@ def preview_request(slug: str) -> Response:
         422: {description: Invalid intended use.}
     """
     project = _requestable(slug)
-    args = _request_args(_body())
+    args = _request_args(json_body())
     result = access.preview(db(), actor(), project, **args)
     return jsonify(result.public())
 
@@ -425,7 +419,7 @@ def create_access_request(slug: str) -> tuple[Response, int]:
         422: {description: Invalid, or no participant's consent covers the use.}
     """
     project = _requestable(slug)
-    body = _body()
+    body = json_body()
     args = _request_args(body)
     ethics = None
     if body.get("ethics_approval_base64"):
@@ -464,7 +458,7 @@ def list_access_requests() -> Response:
         200: {description: Requests.}
         401: {description: No token.}
     """
-    _user()
+    require_user()
     return jsonify(
         mine=[request_json(r, as_requester=True) for r in access.my_requests(db(), actor())],
         to_review=[request_json(r, as_requester=False) for r in access.review_queue(db(), actor())],
@@ -484,7 +478,7 @@ def get_access_request(request_id: int) -> Response:
         401: {description: No token.}
         404: {description: No such request (or not yours to see).}
     """
-    _user()
+    require_user()
     req = access.get_request(db(), actor(), request_id)
     project = db().get(Project, req.project_id)
     requester = actor().user is not None and actor().user.id == req.requester_id  # type: ignore[union-attr]
@@ -530,8 +524,8 @@ def vote_on_request(request_id: int) -> tuple[Response, int]:
         409: {description: Already decided.}
         422: {description: Invalid vote.}
     """
-    _user()
-    body = _body()
+    require_user()
+    body = json_body()
     access.cast_vote(
         db(), actor(), request_id, str(body.get("vote", "")), str(body.get("reason", ""))
     )
@@ -557,8 +551,8 @@ def comment_on_request(request_id: int) -> tuple[Response, int]:
         404: {description: No such request.}
         422: {description: Empty or too long.}
     """
-    _user()
-    access.add_comment(db(), actor(), request_id, str(_body().get("body", "")))
+    require_user()
+    access.add_comment(db(), actor(), request_id, str(json_body().get("body", "")))
     db().commit()
     return jsonify(ok=True), 201
 
@@ -587,8 +581,8 @@ def decide_request(request_id: int) -> tuple[Response, int]:
         409: {description: Votes do not support this outcome, or already decided.}
         422: {description: Invalid outcome or no reason.}
     """
-    _user()
-    body = _body()
+    require_user()
+    body = json_body()
     decision = access.decide(
         db(), actor(), request_id, str(body.get("outcome", "")), str(body.get("reason", ""))
     )
@@ -609,7 +603,7 @@ def list_grants() -> Response:
         200: {description: Grants.}
         401: {description: No token.}
     """
-    _user()
+    require_user()
     return jsonify(grants=[grant_json(g) for g in access.my_grants(db(), actor())])
 
 
@@ -632,8 +626,8 @@ def accept_grant(grant_id: int) -> Response:
         409: {description: Not awaiting agreement.}
         422: {description: accept must be true.}
     """
-    _user()
-    if _body().get("accept") is not True:
+    require_user()
+    if json_body().get("accept") is not True:
         raise ValidationError('send {"accept": true} to accept the data-use agreement')
     grant = access.accept_conditions(db(), actor(), grant_id)
     out = grant_json(grant)
@@ -659,8 +653,8 @@ def revoke_grant(grant_id: int) -> Response:
         404: {description: No such grant.}
         409: {description: Already revoked.}
     """
-    _user()
-    grant = access.revoke_grant(db(), actor(), grant_id, str(_body().get("reason", "")))
+    require_user()
+    grant = access.revoke_grant(db(), actor(), grant_id, str(json_body().get("reason", "")))
     out = grant_json(grant)
     db().commit()
     return jsonify(grant=out)
@@ -687,7 +681,7 @@ def create_download_link(grant_id: int) -> tuple[Response, int]:
         403: {description: Grant not active or not yours.}
         404: {description: No such grant or subject.}
     """
-    _user()
+    require_user()
     body = request.get_json(silent=True) or {}
     link, token = downloads.create_link(
         db(),
@@ -715,7 +709,7 @@ def download_package(token: str) -> Response:
         403: {description: Link expired or used, or grant no longer active.}
         404: {description: No such link for you.}
     """
-    _user()
+    require_user()
     plan = downloads.open_package(db(), actor(), token)
     db().commit()
     store, database = ext().store, ext().db

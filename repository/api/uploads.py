@@ -18,22 +18,11 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from repository.api import api_bp
-from repository.errors import AuthenticationRequired, BadRequest
+from repository.api.requests import json_body, require_user
+from repository.errors import BadRequest
 from repository.models import Membership
 from repository.request_context import actor, db, ext
 from repository.services import projects, uploads
-
-
-def _user() -> None:
-    if actor().user is None:
-        raise AuthenticationRequired("this endpoint needs an API token")
-
-
-def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("send a JSON object with Content-Type: application/json")
-    return body
 
 
 def _offset_headers(response: Response, item: Any) -> Response:
@@ -80,8 +69,8 @@ def create_upload(slug: str) -> tuple[Response, int]:
         413: {description: Larger than the upload limit.}
         422: {description: Invalid file list.}
     """
-    _user()
-    body = _body()
+    require_user()
+    body = json_body()
     project = projects.get_project(db(), actor(), slug, "project.upload")
     files = body.get("files")
     if not isinstance(files, list) or not files:
@@ -138,9 +127,9 @@ def add_files(upload_id: int) -> tuple[Response, int]:
         409: {description: The upload is closed or a path is already declared.}
         413: {description: Larger than the upload limit.}
     """
-    _user()
+    require_user()
     upload = uploads.get_upload(db(), actor(), upload_id)
-    files = _body().get("files")
+    files = json_body().get("files")
     if not isinstance(files, list) or not files:
         raise BadRequest("send a non-empty list 'files'")
     created = uploads.add_files(
@@ -165,7 +154,7 @@ def list_uploads() -> Response:
         200: {description: Uploads without their file lists.}
         401: {description: No token.}
     """
-    _user()
+    require_user()
     rows = uploads.list_uploads(db(), actor())
     return jsonify(uploads=[uploads.upload_json(db(), u, with_files=False) for u in rows])
 
@@ -182,7 +171,7 @@ def get_upload(upload_id: int) -> Response:
         200: {description: The upload.}
         404: {description: No such upload (or not yours to see).}
     """
-    _user()
+    require_user()
     upload = uploads.get_upload(db(), actor(), upload_id)
     return jsonify(upload=uploads.upload_json(db(), upload))
 
@@ -199,7 +188,7 @@ def get_report(upload_id: int) -> Response:
         200: {description: The report as a JSON attachment.}
         404: {description: No such upload.}
     """
-    _user()
+    require_user()
     upload = uploads.get_upload(db(), actor(), upload_id)
     response = Response(
         json.dumps(upload.report, indent=2, sort_keys=True), mimetype="application/json"
@@ -224,7 +213,7 @@ def file_offset(upload_id: int, file_id: int) -> Response:
         200: {description: The file (HEAD returns the headers only).}
         404: {description: No such file.}
     """
-    _user()
+    require_user()
     item = uploads.get_file(db(), actor(), upload_id, file_id)
     return _offset_headers(jsonify(file=uploads.file_json(item)), item)
 
@@ -258,7 +247,7 @@ def put_chunk(upload_id: int, file_id: int) -> Response:
         409: {description: Wrong offset (resume at the Upload-Offset returned) or file closed.}
         422: {description: Chunk checksum mismatch or bad headers; nothing was stored.}
     """
-    _user()
+    require_user()
     item = uploads.get_file(db(), actor(), upload_id, file_id)
     try:
         offset = int(request.headers.get("Upload-Offset", ""))
@@ -304,7 +293,7 @@ def complete_upload(upload_id: int) -> tuple[Response, int]:
         404: {description: No such upload.}
         409: {description: Some files are still incomplete.}
     """
-    _user()
+    require_user()
     upload = uploads.get_upload(db(), actor(), upload_id)
     uploads.complete_upload(db(), actor(), upload, ext().dispatch)
     db().commit()
@@ -324,7 +313,7 @@ def retry_upload(upload_id: int) -> tuple[Response, int]:
         403: {description: You may not upload to this project.}
         404: {description: No such upload.}
     """
-    _user()
+    require_user()
     upload = uploads.get_upload(db(), actor(), upload_id)
     queued = uploads.retry_failed(db(), actor(), upload, ext().dispatch)
     db().commit()
@@ -344,7 +333,7 @@ def cancel_upload(upload_id: int) -> Response:
         404: {description: No such upload.}
         409: {description: The upload is no longer open.}
     """
-    _user()
+    require_user()
     upload = uploads.get_upload(db(), actor(), upload_id)
     uploads.cancel_upload(db(), actor(), ext().store, upload)
     db().commit()

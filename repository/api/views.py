@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import current_app, jsonify, request
+from flask import current_app, jsonify
 from werkzeug.wrappers import Response
 
 from repository.api import api_bp
 from repository.api.openapi import build_openapi
+from repository.api.requests import json_body, require_user
 from repository.api.serialize import job_json, membership_json, project_json, token_json, user_json
-from repository.errors import AuthenticationRequired, BadRequest
 from repository.request_context import actor, db, ext
 from repository.security import policy
 from repository.services import accounts, audit, jobs, projects
-
-
-def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("send a JSON object with Content-Type: application/json")
-    return body
-
-
-def _require_user() -> None:
-    if actor().user is None:
-        raise AuthenticationRequired("this endpoint needs an API token")
 
 
 @api_bp.get("/health")
@@ -65,7 +51,7 @@ def me() -> Response:
         200: {description: The user.}
         401: {description: No or invalid token.}
     """
-    _require_user()
+    require_user()
     user = actor().user
     assert user is not None  # noqa: S101
     return jsonify(
@@ -111,8 +97,8 @@ def create_project() -> tuple[Response, int]:
         409: {description: Slug taken.}
         422: {description: Invalid fields.}
     """
-    _require_user()
-    body = _json_body()
+    require_user()
+    body = json_body()
     project = projects.create_project(
         db(),
         actor(),
@@ -183,8 +169,8 @@ def add_member(slug: str) -> tuple[Response, int]:
         409: {description: Already a member in that role.}
         422: {description: Unknown role.}
     """
-    _require_user()
-    body = _json_body()
+    require_user()
+    body = json_body()
     project = projects.get_project(db(), actor(), slug, "project.manage_members")
     membership = projects.add_member(
         db(),
@@ -209,7 +195,7 @@ def list_jobs() -> Response:
         200: {description: Jobs.}
         401: {description: No token.}
     """
-    _require_user()
+    require_user()
     return jsonify(jobs=[job_json(j) for j in jobs.list_jobs(db(), actor())])
 
 
@@ -225,7 +211,7 @@ def get_job(job_id: int) -> Response:
         200: {description: The job.}
         404: {description: No such job (or not visible to you).}
     """
-    _require_user()
+    require_user()
     return jsonify(job=job_json(jobs.get_job(db(), actor(), job_id)))
 
 
@@ -239,7 +225,7 @@ def list_tokens() -> Response:
       responses:
         200: {description: Tokens.}
     """
-    _require_user()
+    require_user()
     return jsonify(tokens=[token_json(t) for t in accounts.list_tokens(db(), actor())])
 
 
@@ -255,7 +241,7 @@ def revoke_token(token_id: int) -> tuple[str, int]:
         204: {description: Revoked.}
         404: {description: No such token.}
     """
-    _require_user()
+    require_user()
     accounts.revoke_token(db(), actor(), token_id)
     db().commit()
     return "", 204
@@ -272,7 +258,7 @@ def verify_audit() -> Response:
         200: {description: Verification report.}
         403: {description: Not an admin.}
     """
-    _require_user()
+    require_user()
     policy.require(db(), actor(), "admin.view_audit")
     report = audit.verify_chain(db())
     return jsonify(

@@ -266,7 +266,7 @@ def fixity_check(purge_quarantine: bool) -> None:
     """Re-read every stored object and compare its sha256 with the record (exit 1 on damage)."""
     from repository.cli import _app
     from repository.services import fixity as fixity_service
-    from repository.services.pipeline import purge_expired
+    from repository.services.pipeline_deidentify import purge_expired
 
     with _app() as app:
         ext = app.extensions["myovault"]

@@ -51,6 +51,7 @@ POLICY: dict[str, frozenset[Need]] = {
     "project.manage_members": frozenset({N.OWNER, N.ADMIN}),
     "project.upload": frozenset({N.INVESTIGATOR, N.OWNER}),
     "project.view_data": frozenset({N.OWNER, N.INVESTIGATOR, N.GRANTEE}),
+    "project.edit_labels": frozenset({N.OWNER, N.INVESTIGATOR}),
     "project.view_jobs": frozenset({N.OWNER, N.INVESTIGATOR, N.ADMIN}),
     "project.review_requests": frozenset({N.DAC_MEMBER}),
     "project.view_audit": frozenset({N.OWNER, N.ADMIN}),

@@ -200,7 +200,7 @@ def test_real_samples_end_to_end(
 def test_a_failed_stage_can_be_retried_through_the_api(
     app: Flask, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from repository.services import pipeline
+    from repository.services import pipeline_deidentify
     from tests.app_fixtures import api_token
 
     tiny_cohort(tmp_path / "in")
@@ -209,7 +209,7 @@ def test_a_failed_stage_can_be_retried_through_the_api(
     def broken(*_args: object, **_kw: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline, "verify_deidentified", broken)
+    monkeypatch.setattr(pipeline_deidentify, "verify_deidentified", broken)
     with app.app_context():
         out = ingest_directory(ext, SYSTEM, tmp_path / "in", "alpha")
     assert ("pipeline.verify", "failed") in out["jobs"]

@@ -15,7 +15,8 @@ from repository.demo_cohort import cylinder_phantom, write_cohort
 from repository.models import UploadChunk, UploadFile
 from repository.models._types import utcnow
 from repository.services.context import SYSTEM
-from repository.services.pipeline import _safe_member_name, ingest_directory, purge_expired
+from repository.services.pipeline import _safe_member_name, ingest_directory
+from repository.services.pipeline_deidentify import purge_expired
 from repository.services.uploads import sniff
 from tests.app_fixtures import World
 from tests.pipeline.pipeline_helpers import tiny_cohort

@@ -2,9 +2,13 @@
 
 Plan: list files → de-identify and verify each in a process pool (the recipe is compiled once
 per worker; verified encodings are staged in ``DST/.myovault-staging`` so memory does not grow
-with the upload) → deface head-containing series → move staged files to names made of the
-pseudonym and hashes of new UIDs (staging is always removed) → one
-:class:`~anonymizer.report.UploadReport`.
+with the upload) → check every series that may hold a head and deface it, one series per task
+in the same pool → move staged files to names made of the pseudonym and hashes of new UIDs
+(staging is always removed) → one :class:`~anonymizer.report.UploadReport`.
+
+The worker-side functions (:func:`init_worker`, :func:`process_file`,
+:func:`deface_staged_series`, :func:`needs_series_check`, :func:`staged_path`) are also what
+the server pipeline runs in its own pool (``repository/services/pipeline_deidentify.py``).
 Non-DICOM files are reported and never copied. Nothing is written for a quarantined file.
 """
 
@@ -15,8 +19,10 @@ import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from anonymizer.engine import Deidentifier, write_dataset
 from anonymizer.errors import AnonymizerError
@@ -38,14 +44,25 @@ _WORKER: dict[str, Deidentifier] = {}
 STAGING_NAME = ".myovault-staging"
 
 
-def _init_worker(config: JobConfig) -> None:
+def init_worker(config: JobConfig) -> None:
+    """Pool initializer: build this process's :class:`Deidentifier` once (recipe compiled once)."""
     _WORKER["deid"] = Deidentifier(
         config.secret, config.project, config.site, None, config.uid_root
     )
 
 
-def _process(item: tuple[int, str, str, str]) -> tuple[int, FileResult, ImageInfo | None]:
-    """De-identify one file; stage its verified encoding on disk (memory stays flat)."""
+def release_worker() -> None:
+    """Forget this process's :class:`Deidentifier` (and with it the project secret)."""
+    _WORKER.pop("deid", None)
+
+
+def process_file(item: tuple[int, str, str, str]) -> tuple[int, FileResult, ImageInfo | None]:
+    """Worker task: de-identify one file and stage its verified encoding on disk.
+
+    ``item`` is ``(index, path, name to report, staging directory)``; the encoding goes to
+    :func:`staged_path` (memory stays flat) and the result comes back without dataset or
+    encoding, with the image geometry needed by the series-level defacing.
+    """
     index, path, name, staging = item
     result = _WORKER["deid"].deidentify_file(path, name)
     info = None
@@ -60,13 +77,14 @@ def _process(item: tuple[int, str, str, str]) -> tuple[int, FileResult, ImageInf
                 "head region named in Body Part Examined but image geometry unusable",
             )
         else:
-            _staged(staging, index).write_bytes(encoded)
+            staged_path(staging, index).write_bytes(encoded)
     result.dataset = None
     result.encoded = None
     return index, result, info
 
 
-def _staged(staging: str | Path, index: int) -> Path:
+def staged_path(staging: str | Path, index: int) -> Path:
+    """Where :func:`process_file` stages the verified encoding of file ``index``."""
     return Path(staging) / f"{index:08d}.dcm.part"
 
 
@@ -75,15 +93,26 @@ def list_files(src: Path) -> list[Path]:
     return sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _results(
-    items: list[tuple[int, str, str, str]], config: JobConfig, workers: int
-) -> Iterator[tuple[int, FileResult, ImageInfo | None]]:
-    if workers <= 1 or len(items) < 2:
-        _init_worker(config)
-        yield from map(_process, items)
+Mapper = Callable[[Callable[[Any], Any], list[Any]], Iterator[Any]]
+
+
+@contextmanager
+def _mapper(config: JobConfig, workers: int, count: int) -> Iterator[Mapper]:
+    """``map`` over the worker pool (kept open for both passes), or in-process for one worker."""
+    if workers <= 1 or count < 2:
+        init_worker(config)
+        try:
+            yield lambda fn, items: iter(map(fn, items))
+        finally:
+            release_worker()
         return
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
-        yield from pool.map(_process, items, chunksize=max(1, min(16, len(items) // workers // 4)))
+    with ProcessPoolExecutor(workers, initializer=init_worker, initargs=(config,)) as pool:
+
+        def run(fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+            chunk = max(1, min(16, len(items) // workers // 4))
+            return iter(pool.map(fn, items, chunksize=chunk))
+
+        yield run
 
 
 def anonymize_directory(
@@ -129,15 +158,14 @@ def anonymize_directory(
     try:
         results: dict[int, FileResult] = {}
         infos: dict[int, ImageInfo] = {}
-        for done, (index, result, info) in enumerate(
-            _results(items, config, workers or os.cpu_count() or 1), start=1
-        ):
-            results[index] = result
-            if info is not None:
-                infos[index] = info
-            if progress is not None:
-                progress(done, len(items))
-        _deface(results, infos, staging)
+        with _mapper(config, workers or os.cpu_count() or 1, len(items)) as run:
+            for done, (index, result, info) in enumerate(run(process_file, items), start=1):
+                results[index] = result
+                if info is not None:
+                    infos[index] = info
+                if progress is not None:
+                    progress(done, len(items))
+            _deface(results, infos, staging, run)
         used: set[str] = set()
         for index in sorted(results):
             result = results[index]
@@ -153,7 +181,7 @@ def anonymize_directory(
                     used.add(result.output_name)
                     target = dst_path / result.output_name
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    _staged(staging, index).replace(target)
+                    staged_path(staging, index).replace(target)
             report.add(result)
     finally:
         # staged files are de-identified and verified but possibly not yet defaced: never
@@ -162,26 +190,40 @@ def anonymize_directory(
     return report
 
 
-def _deface(results: dict[int, FileResult], infos: dict[int, ImageInfo], staging: Path) -> None:
+def _deface(
+    results: dict[int, FileResult], infos: dict[int, ImageInfo], staging: Path, run: Mapper
+) -> None:
+    """Deface head-containing series, one series per worker task (both cores)."""
     by_series: dict[str, dict[int, ImageInfo]] = defaultdict(dict)
     for index, info in infos.items():
         if results[index].status == STATUS_WRITTEN:
             by_series[info.series_uid][index] = info
-    for series in by_series.values():
-        if not any(info.head_hint for info in series.values()) and not _may_hold_head(series):
-            continue
-        encoded = {i: _staged(staging, i).read_bytes() for i in series}
-        new, quarantine = deface_series(series, encoded)
-        for index, data in new.items():
-            write_dataset(data, _staged(staging, index))
+    todo = [(series, str(staging)) for series in by_series.values() if needs_series_check(series)]
+    for defaced, quarantine in run(deface_staged_series, todo):
+        for index in defaced:
             results[index].pixel_actions.append("deface")
         for index, reason in quarantine.items():
             old = results[index]
             results[index] = FileResult(old.source, STATUS_QUARANTINED, "deface-impossible", reason)
 
 
-def _may_hold_head(series: dict[int, ImageInfo]) -> bool:
-    """Cheap geometric pre-check: a stack long enough to reach from the neck to the vertex."""
+def deface_staged_series(
+    item: tuple[dict[int, ImageInfo], str],
+) -> tuple[list[int], dict[int, str]]:
+    """Worker task: deface one staged series in place; return defaced and quarantined indices."""
+    series, staging = item
+    encoded = {i: staged_path(staging, i).read_bytes() for i in series}
+    new, quarantine = deface_series(series, encoded)
+    for index, data in new.items():
+        write_dataset(data, staged_path(staging, index))
+    return sorted(new), quarantine
+
+
+def needs_series_check(series: dict[int, ImageInfo]) -> bool:
+    """Whether a series must be inspected for a head: Body Part Examined names one, or a stack
+    is long enough to reach from the neck to the vertex (cheap geometric pre-check)."""
+    if any(info.head_hint for info in series.values()):
+        return True
     for info in series.values():
         if len(info.positions) >= MIN_SLICES:
             return True  # a multi-frame volume: inspect it

@@ -122,9 +122,30 @@ def _profile(
         return 0.0, 0.0, 0.0, 0
     sizes = np.bincount(labels.ravel())[1:]
     big = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
-    ys, xs = np.nonzero(np.isin(labels, big))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[big] = True
+    selected = keep[labels]  # the big blobs (a lookup table instead of np.isin)
+    ys = np.flatnonzero(selected.any(axis=1))
+    xs = np.flatnonzero(selected.any(axis=0))
     area = float(body.sum()) * dy * dx
     return area, (xs.max() - xs.min() + 1) * dx, (ys.max() - ys.min() + 1) * dy, len(big)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` of a 2-D mask, by labelling instead of dilation.
+
+    Background pixels 4-connected to the image edge are outside; every other pixel is body
+    (the same definition as scipy's, which propagates the edge through the background with the
+    4-connected cross) — several times faster on MR slices.
+    """
+    labels, count = ndimage.label(~mask)
+    if count == 0:
+        return np.ones_like(mask, dtype=bool)
+    edge = np.concatenate((labels[0], labels[-1], labels[:, 0], labels[:, -1]))
+    outside = np.zeros(count + 1, dtype=bool)
+    outside[edge] = True
+    outside[0] = False
+    return ~outside[labels]
 
 
 def body_threshold(volume: np.ndarray) -> float:
@@ -160,9 +181,15 @@ def find_head(volume: np.ndarray, spacing_mm: tuple[float, float, float]) -> Hea
     masks: dict[int, np.ndarray] = {}
     stats: dict[int, tuple[float, float, float, int]] = {}
     head_slices: list[int] = []
+    # no slice can be larger than the whole field of view: a top slice holding 40 % of it can
+    # never "close" below the largest head slice (step 2), so stop there (same answer, cheaper
+    # on noise-like phase images)
+    slice_area = float(volume.shape[1] * volume.shape[2]) * spacing_mm[1] * spacing_mm[2]
     for z in range(vertex, lowest - 1, -1):
-        masks[z] = ndimage.binary_fill_holes(volume[z] > threshold)
+        masks[z] = fill_holes(volume[z] > threshold)
         stats[z] = _profile(masks[z], spacing_mm)
+        if z == vertex and stats[z][0] >= 0.4 * slice_area:
+            return None
         if stats[z][3] != 1:
             break
         head_slices.append(z)

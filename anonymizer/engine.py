@@ -9,15 +9,15 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.uid import DeflatedExplicitVRLittleEndian as DEFLATED
 
-from anonymizer import pixels
+from anonymizer import encoding, pixels
 from anonymizer.dates import age_string, shift_da, shift_dt
 from anonymizer.errors import NotDicomError, UnsafeFileError
 from anonymizer.profile import Action, Profile, load_profile
@@ -70,6 +70,27 @@ def _creator_name(ds: Dataset, tag: int) -> str:
     return str(ds[tag].value or "").strip()
 
 
+def _raw_values(data: bytes) -> list[str]:
+    """Values of a raw string element as pydicom would convert them (padding removed)."""
+    text = data.decode("latin-1").rstrip(" \x00")
+    return text.split("\\") if text else []
+
+
+def _pad(data: bytes, pad: bytes) -> bytes:
+    return data + pad if len(data) % 2 else data
+
+
+def _vr(raw: object, tag: int) -> str:
+    """VR of a stored element (read from the file when explicit, else the dictionary's)."""
+    vr = getattr(raw, "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
 def _set(elem: DataElement, values: list[str]) -> None:
     if not values:
         elem.value = None
@@ -109,6 +130,7 @@ class Deidentifier:
         self.pseudo = Pseudonymizer(secret, project, site, uid_root)
         self.pixel_rules = pixels.load_pixel_rules() if pixel_rules is None else pixel_rules
         self._method = self._method_values(())
+        self._marks: dict[bool, list[RawDataElement]] = {}
 
     # ----------------------------------------------------------------- public API
     def deidentify_file(self, path: str | Path, source: str | None = None) -> FileResult:
@@ -174,7 +196,7 @@ class Deidentifier:
         )
         self._add_age(ds, ctx)
         self._apply(ds, ctx)
-        self._mark(ds, pixel_actions)
+        self._mark(ds, pixel_actions, UID(str(meta.TransferSyntaxUID)))
         self._rebuild_file_meta(ds, str(meta.TransferSyntaxUID))
         encoded = encode(ds)
         findings = verify_output(
@@ -214,61 +236,61 @@ class Deidentifier:
     # ----------------------------------------------------------------- the walk
     def _apply(self, ds: Dataset, ctx: _Context) -> None:
         creators: dict[int, int] = {}
+        creator_keys: dict[int, int] = {}
         private: list[int] = []
         delete: list[int] = []
-        for raw_tag in list(ds.keys()):
-            tag = int(raw_tag)
+        counts = ctx.counts
+        actions = self.profile.actions
+        action_for = self.profile.action_for
+        # ds.items() yields the stored (possibly still raw) elements: no value conversion
+        for key, raw in list(ds.items()):
+            tag = int(key)  # plain int: dictionary lookups stay in C
             group, element = tag >> 16, tag & 0xFFFF
             if group & 1:
                 if 0x10 <= element <= 0xFF:
                     creators[tag] = 0
+                    creator_keys[tag] = key
                 elif element >= 0x1000:
-                    private.append(tag)
+                    private.append(key)
                 else:
-                    delete.append(tag)  # private group length or reserved element
+                    delete.append(key)  # private group length or reserved element
                 continue
             if element == 0 or group in (0x0000, 0x0002, 0xFFFA, 0xFFFC):
-                delete.append(tag)  # group lengths, command/meta elements, padding
+                delete.append(key)  # group lengths, command/meta elements, padding
                 continue
-            action = self.profile.action_for(tag)
-            if action is Action.REMOVE and tag not in self.profile.actions:
-                ctx.counts["remove_unlisted"] += 1
-                delete.append(tag)
-                continue
-            ctx.counts[action.value] += 1
-            if self._act(ds, tag, action, ctx):
-                delete.append(tag)
+            action = actions.get(tag)
+            if action is None:
+                action = action_for(tag)
+                if action is Action.REMOVE:
+                    counts["remove_unlisted"] += 1
+                    delete.append(key)
+                    continue
+            counts[action.value] += 1
+            if action is Action.REMOVE or self._act(ds, key, raw, _vr(raw, tag), action, ctx):
+                delete.append(key)
         names = {t: _creator_name(ds, t) for t in creators} if private else {}
-        for tag in private:
+        safe_private = self.profile.safe_private
+        for private_key in private:
+            tag = int(private_key)
             group, block = tag >> 16, (tag >> 8) & 0xFF
             creator_tag = (group << 16) | block
             name = names.get(creator_tag, "")
-            key = (group, name, tag & 0xFF)
-            if name and key in self.profile.safe_private:
+            if name and (group, name, tag & 0xFF) in safe_private:
                 creators[creator_tag] += 1
-                ctx.counts["keep_private"] += 1
+                counts["keep_private"] += 1
             else:
-                ctx.counts["remove_private"] += 1
-                delete.append(tag)
-        delete += [tag for tag, kept in creators.items() if not kept]
-        for tag in delete:
-            del ds[tag]
+                counts["remove_private"] += 1
+                delete.append(private_key)
+        delete += [creator_keys[tag] for tag, kept in creators.items() if not kept]
+        for stored in delete:
+            del ds[stored]  # BaseTag keys: pydicom's cheap deletion path
 
-    def _vr(self, ds: Dataset, tag: int) -> str:
-        raw = ds.get_item(tag)
-        vr = getattr(raw, "VR", None)
-        if vr:
-            return str(vr)
-        try:
-            return str(dictionary_VR(tag))
-        except KeyError:
-            return "UN"
-
-    def _act(self, ds: Dataset, tag: int, action: Action, ctx: _Context) -> bool:
+    def _act(
+        self, ds: Dataset, tag: int, raw: object, vr: str, action: Action, ctx: _Context
+    ) -> bool:
         """Apply one action; return True if the element must be deleted."""
         if action is Action.REMOVE:
             return True
-        vr = self._vr(ds, tag)
         if action is Action.KEEP:
             if vr == "SQ":
                 for item in ds[tag].value or ():
@@ -277,6 +299,10 @@ class Deidentifier:
         if vr == "UN":
             ctx.counts["remove_uninterpretable"] += 1
             return True
+        if isinstance(raw, RawDataElement) and vr != "SQ":
+            done = self._act_raw(ds, tag, raw, vr, action, ctx)
+            if done is not None:
+                return done
         elem = ds[tag]
         if action is Action.BLANK:
             elem.value = Sequence() if vr == "SQ" else None
@@ -309,6 +335,49 @@ class Deidentifier:
             return True
         return False
 
+    def _act_raw(
+        self,
+        ds: Dataset,
+        tag: int,
+        raw: RawDataElement,
+        vr: str,
+        action: Action,
+        ctx: _Context,
+    ) -> bool | None:
+        """Byte-level version of the common actions on a still-raw element.
+
+        Produces exactly the bytes the value-level path (below in :meth:`_act`) would write,
+        without converting the value to Python objects; returns ``None`` when the action or
+        value is not handled here (the value-level path then runs).
+        """
+        data = raw.value
+        if not isinstance(data, bytes) or raw.length == 0xFFFFFFFF:
+            return None
+        if action is Action.BLANK:
+            new = b""
+        elif vr in _TEXT_VRS and action in (Action.PSEUDONYM, Action.DUMMY):
+            text = ctx.pseudonym if action is Action.PSEUDONYM else DUMMY_TEXT
+            new = _pad(text.encode("ascii"), b" ")
+        elif vr == "UI" and action in (Action.REMAP_UID, Action.DUMMY):
+            values = _raw_values(data)
+            remap = self.pseudo.remap_uid
+            new = _pad("\\".join(remap(u) for u in values if u.strip()).encode("ascii"), b"\x00")
+        elif action is Action.DATE_SHIFT and vr in ("DA", "DT"):
+            shifter = shift_da if vr == "DA" else shift_dt
+            out: list[str] = []
+            for value in _raw_values(data):
+                shifted = shifter(value, ctx.shift_days)
+                if shifted is None:
+                    ctx.counts["date_blanked"] += 1
+                    out = []
+                    break
+                out.append(shifted)
+            new = _pad("\\".join(out).encode("latin-1"), b" ")
+        else:
+            return None
+        ds[tag] = raw._replace(value=new, length=len(new))
+        return False
+
     def _shift(self, elem: DataElement, vr: str, ctx: _Context) -> bool:
         shifter = {"DA": shift_da, "DT": shift_dt}.get(vr)
         if shifter is None:
@@ -334,7 +403,21 @@ class Deidentifier:
         values += [a[:64] for a in pixel_actions]
         return values
 
-    def _mark(self, ds: Dataset, pixel_actions: list[str]) -> None:
+    def _mark(self, ds: Dataset, pixel_actions: list[str], syntax: UID) -> None:
+        if not pixel_actions and syntax.is_little_endian and syntax != DEFLATED:
+            # the same marking on every output: ready-made raw elements (see encoding.py)
+            implicit = bool(syntax.is_implicit_VR)
+            marks = self._marks.get(implicit)
+            if marks is None:
+                template = Dataset()
+                self._mark_values(template, [])
+                marks = self._marks[implicit] = encoding.raw_elements(template, implicit)
+            for raw in marks:
+                ds[raw.tag] = raw
+            return
+        self._mark_values(ds, pixel_actions)
+
+    def _mark_values(self, ds: Dataset, pixel_actions: list[str]) -> None:
         for keyword, value in self.profile.adds.items():
             setattr(ds, keyword, value)
         ds.DeidentificationMethod = self._method_values(tuple(pixel_actions))
@@ -365,7 +448,8 @@ def code_item(value: str, meaning: str) -> Dataset:
 def read_dicom(path: str | Path) -> Dataset:
     """Read a DICOM Part 10 file; raise :class:`NotDicomError` for anything else."""
     try:
-        return dcmread(path)
+        # one read of the whole file, then parsing from memory (faster than many small reads)
+        return dcmread(io.BytesIO(Path(path).read_bytes()))
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError) as exc:
         raise NotDicomError(f"not a readable DICOM Part 10 file ({type(exc).__name__})") from exc
 
@@ -388,10 +472,11 @@ def output_name(ds: Dataset, pseudonym: str) -> str:
 
 
 def encode(ds: Dataset) -> bytes:
-    """Part 10 encoding of a dataset with its file meta (what :func:`write_dataset` writes)."""
-    buf = io.BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    """Part 10 encoding of a dataset with its file meta (what :func:`write_dataset` writes).
+
+    Raw (unchanged) elements are copied byte for byte; see :mod:`anonymizer.encoding`.
+    """
+    return encoding.encode(ds)
 
 
 def write_dataset(ds: Dataset | bytes, path: str | Path) -> None:

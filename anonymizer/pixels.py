@@ -9,6 +9,7 @@ or ``CSA REPORT`` image type, or a ``DERIVED\\SECONDARY`` image such as a screen
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,8 @@ def detect_text(image: np.ndarray, border_fraction: float = 0.2) -> bool:
     bool
         ``True`` if the image looks like it carries text.
     """
+    if not _may_hold_text(np.asarray(image), border_fraction):
+        return False
     img = np.asarray(image, dtype=np.float32)
     peak = float(img.max())
     if peak <= float(img.min()):
@@ -114,8 +117,12 @@ def detect_text(image: np.ndarray, border_fraction: float = 0.2) -> bool:
     border[-band_r:, :] = True
     border[:, :band_c] = True
     border[:, -band_c:] = True
-    norm = (img - float(img.min())) / (peak - float(img.min()))
-    if float(np.mean(norm[border] < 0.15)) < 0.3:
+    low, scale = float(img.min()), peak - float(img.min())
+
+    def norm(region: np.ndarray) -> np.ndarray:  # normalised values, computed where needed
+        return (region - low) / scale
+
+    if float(np.mean(norm(img[border]) < 0.15)) < 0.3:
         # No dark background (phase, real or imaginary images are noise over the full range):
         # glyphs cannot be told from noise by this detector.
         return False
@@ -131,7 +138,7 @@ def detect_text(image: np.ndarray, border_fraction: float = 0.2) -> bool:
         height = sl[0].stop - sl[0].start
         width = sl[1].stop - sl[1].start
         if 2 <= height <= 40 and 1 <= width <= 40 and 3 <= sizes[index] <= 400:
-            if not _on_dark_background(norm, bright, sl):
+            if not _on_dark_background(img, norm, bright, sl):
                 continue
             key = sl[0].stop // 6
             for k in (key - 1, key, key + 1):
@@ -139,12 +146,45 @@ def detect_text(image: np.ndarray, border_fraction: float = 0.2) -> bool:
     return bool(baselines) and max(baselines.values()) >= 5
 
 
-def _on_dark_background(norm: np.ndarray, bright: np.ndarray, sl: tuple[slice, slice]) -> bool:
+def _may_hold_text(image: np.ndarray, border_fraction: float) -> bool:
+    """Cheap necessary condition of :func:`detect_text`: at least 15 bright border pixels.
+
+    Five glyph components of at least 3 pixels each are needed to declare text, so an image
+    with fewer bright pixels in its border bands cannot be declared text; the threshold is
+    computed exactly as in :func:`detect_text` (float32), only on the border bands.
+    """
+    if image.ndim != 2 or image.size == 0:
+        return True  # let the full detector decide (and fail) as before
+    low, high = np.float32(image.min()), np.float32(image.max())
+    if high <= low:
+        return False
+    threshold = low + 0.75 * (float(high) - float(low))
+    rows, cols = image.shape
+    band_r = max(1, int(rows * border_fraction))
+    band_c = max(1, int(cols * border_fraction))
+    if 2 * band_r >= rows or 2 * band_c >= cols:
+        return True  # bands overlap: no shortcut
+    strips = (
+        image[:band_r, :],
+        image[rows - band_r :, :],
+        image[band_r : rows - band_r, :band_c],
+        image[band_r : rows - band_r, cols - band_c :],
+    )
+    count = sum(int(np.count_nonzero(strip.astype(np.float32) >= threshold)) for strip in strips)
+    return count >= 15
+
+
+def _on_dark_background(
+    img: np.ndarray,
+    norm: Callable[[np.ndarray], np.ndarray],
+    bright: np.ndarray,
+    sl: tuple[slice, slice],
+) -> bool:
     """Whether the non-bright pixels around a component are dark background (glyph), not
     tissue or noise."""
     r0, r1 = max(sl[0].start - 3, 0), sl[0].stop + 3
     c0, c1 = max(sl[1].start - 3, 0), sl[1].stop + 3
-    ring = norm[r0:r1, c0:c1][~bright[r0:r1, c0:c1]]
+    ring = norm(img[r0:r1, c0:c1][~bright[r0:r1, c0:c1]])
     return ring.size > 0 and float(np.mean(ring < 0.15)) >= 0.8
 
 

@@ -129,7 +129,8 @@ def image_info(ds: Dataset, encoded: bytes) -> ImageInfo | None:
     image_type = "\\".join(str(v) for v in (ds.get("ImageType") or []))
     private_type = ""
     for tag in list(ds.keys()):  # GE magnitude/phase/real/imaginary flag survives as safe private
-        if tag.group == 0x0043 and (tag.element & 0xFF) == 0x2F and tag.element >= 0x1000:
+        number = int(tag)  # int arithmetic: no BaseTag properties per element
+        if number >> 16 == 0x0043 and number & 0xFF == 0x2F and number & 0xFFFF >= 0x1000:
             private_type = str(ds[tag].value)
     key = (
         "mf:" + str(ds.SOPInstanceUID) if frames > 1 else "",

@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID_dictionary
 
 from anonymizer.profile import Action, Profile
@@ -247,6 +248,21 @@ def _decode(raw_value: bytes, vr: str, encoding: str) -> list[str]:
     return [text] if vr in _SINGLE_VALUE_VRS else text.split("\\")
 
 
+class _DictVR(dict[int, str]):
+    """Tag → unambiguous dictionary VR ('' when unknown or ambiguous), filled on demand."""
+
+    def __missing__(self, tag: int) -> str:
+        try:
+            vr = str(dictionary_VR(tag))
+        except KeyError:
+            vr = ""
+        self[tag] = vr = vr if len(vr) == 2 else ""
+        return vr
+
+
+_DICT_VR = _DictVR()
+
+
 def _walk(
     ds: Dataset,
     vrs: frozenset[str],
@@ -254,7 +270,10 @@ def _walk(
     public_only: bool = False,
     encoding: str = "",
 ) -> Iterator[tuple[str, int, str, list[str]]]:
-    """Yield ``(place, tag, VR, values as text)`` for elements whose VR is in ``vrs``.
+    """Yield ``(where, tag, VR, values as text)`` for elements whose VR is in ``vrs``.
+
+    ``where`` is the path of the enclosing sequence items (``""`` at the top level); the place
+    of an element is ``_place(where, tag)``, formatted only when something is reported.
 
     Sequences are entered at any depth. Values still in their raw encoded form are decoded
     directly (no pydicom value conversion: the many numeric elements of MR headers are never
@@ -263,12 +282,13 @@ def _walk(
     if not encoding:
         charset = str(ds.get("SpecificCharacterSet", "") or "")
         encoding = "utf-8" if "192" in charset else "latin-1"
-    for tag in list(ds.keys()):
-        if public_only and tag.group & 1:
+    for tag, raw in list(ds.items()):  # stored elements: raw values stay unconverted
+        if public_only and tag >> 16 & 1:
             continue
-        raw = ds.get_item(tag)
         vr = getattr(raw, "VR", None)
-        if vr is None or vr == "UN":
+        if vr is None:  # implicit VR: the dictionary's VR, unless unknown or ambiguous
+            vr = _DICT_VR[int(tag)] or ds[tag].VR
+        elif vr == "UN":
             vr = ds[tag].VR
         if vr == "SQ":
             for number, item in enumerate(ds[tag].value or ()):
@@ -276,9 +296,9 @@ def _walk(
         elif vr in vrs:
             value = getattr(raw, "value", None)
             if isinstance(value, bytes):
-                yield f"{where}{tag}", int(tag), vr, _decode(value, vr, encoding)
+                yield where, int(tag), vr, _decode(value, vr, encoding)
             else:
-                yield f"{where}{tag}", int(tag), vr, list(_values(ds[tag].value))
+                yield where, int(tag), vr, list(_values(ds[tag].value))
 
 
 _CAPTURE_VRS = _TEXT_VRS | {"UI", "DA", "DT"}
@@ -382,18 +402,22 @@ def verify_output(
         for offset in find_needles(header_text(ds, encoded), ids.needles())
     ]
     short = ids.short_values()
-    for place, tag, vr, values in _walk(ds.file_meta, _CHECK_VRS, "meta "):
-        _check_element(tag, vr, values, place, findings, pseudonym, owns_uid, short)
-    for place, tag, vr, values in _walk(ds, _CHECK_VRS):
-        _check_element(tag, vr, values, place, findings, pseudonym, owns_uid, short)
+    for where, tag, vr, values in _walk(ds.file_meta, _CHECK_VRS, "meta "):
+        _check_element(tag, vr, values, where, findings, pseudonym, owns_uid, short)
+    for where, tag, vr, values in _walk(ds, _CHECK_VRS):
+        _check_element(tag, vr, values, where, findings, pseudonym, owns_uid, short)
     return findings
+
+
+def _place(where: str, tag: int) -> str:
+    return f"{where}{Tag(tag)}"
 
 
 def _check_element(
     tag: int,
     vr: str,
     values: list[str],
-    place: str,
+    where: str,
     findings: list[Finding],
     pseudonym: str,
     owns_uid: Callable[[str], bool],
@@ -402,19 +426,19 @@ def _check_element(
     if vr == "PN":
         for text in values:
             if text.strip() and text.strip() not in (pseudonym, "ANONYMIZED"):
-                findings.append(Finding(place, "person name other than the pseudonym"))
+                findings.append(Finding(_place(where, tag), "person name other than the pseudonym"))
     elif vr == "UI" and tag not in _CLASS_UID_TAGS:
         for uid in values:
             uid = uid.strip(" \x00")
             if uid and uid not in UID_dictionary and not owns_uid(uid):
-                findings.append(Finding(place, "UID outside the repository root"))
+                findings.append(Finding(_place(where, tag), "UID outside the repository root"))
     if vr in _TEXT_VRS and short and vr not in ("PN", "CS"):
         for text in values:
             if text.strip().lower() in short:
-                findings.append(Finding(place, "captured identifier (whole value)"))
+                findings.append(Finding(_place(where, tag), "captured identifier (whole value)"))
     if vr in _FREE_TEXT_VRS:
         for text in values:
             if _EMAIL.search(text):
-                findings.append(Finding(place, "e-mail address"))
+                findings.append(Finding(_place(where, tag), "e-mail address"))
             if _PHONE.search(text):
-                findings.append(Finding(place, "phone number"))
+                findings.append(Finding(_place(where, tag), "phone number"))

@@ -42,6 +42,25 @@ class ConsentInput:
     expires_on: date | None = None
 
 
+#: A site's own participant identifier (as in DICOM PatientID: at most 64 characters).
+MAX_PARTICIPANT_ID = 64
+#: Stands in for the pseudonym while a row names a participant by the site's own id; the
+#: repository replaces it with the keyed pseudonym before anything is stored.
+PENDING_PSEUDONYM = "pending-registration"
+
+
+def participant_id_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a participant id, or ``None``. Never echoes the value."""
+    text = str(value or "").strip()
+    if not text:
+        return "participant_id is required"
+    if len(text) > MAX_PARTICIPANT_ID:
+        return f"participant_id is longer than {MAX_PARTICIPANT_ID} characters"
+    if any(ord(ch) < 32 or ord(ch) == 127 or ch == "\\" for ch in text):
+        return "participant_id contains control characters or a backslash"
+    return None
+
+
 def _date(value: object, name: str, problems: list[str], *, required: bool) -> date | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:

@@ -24,8 +24,13 @@ Public API
 ``convert(plan, dst_root, *, overwrite=False) -> ConversionResult``
     ``.files`` (:class:`ConvertedFile` with paths and sha256), ``.failed``; writes
     ``participants.tsv`` and ``sub-*/sub-*_sessions.tsv``. Never writes a patient sidecar.
-``stack_geometry(records) -> StackGeometry``
-    DICOM LPS → NIfTI RAS affine, slice order along the normal, echo order by echo time.
+``stack_geometry(records, *, volumes=None) -> StackGeometry``
+    DICOM LPS → NIfTI RAS affine, slice order along the normal, echo order by echo time (or
+    the given 4th-axis index, e.g. DWI volumes).
+
+Diffusion series become ``mr-dwi/…_dwi.nii.gz`` + ``.bval``/``.bvec`` (``ingest.diffusion``),
+series holding several stacks one ``_chunk-<n>`` NIfTI per stack (``ingest.stacks``), phase
+parts are written in radians with ``Units`` in the sidecar (``ingest.phase``).
 
 ``ingest.receiver.StudyReceiver(ae_table, stage, on_study_complete, *, quiet_seconds=60)``
     pynetdicom C-STORE SCP: ``.start(host, port) -> (host, port)``, ``.stop()``. Calling AE

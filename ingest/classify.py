@@ -28,7 +28,21 @@ from typing import Any
 from ingest.errors import RuleTableError
 from ingest.records import InstanceRecord, SeriesRecord
 
-LABELS = frozenset({"dixon", "megre", "mese", "t1w", "t2w", "stir", "dti", "localizer", "other"})
+LABELS = frozenset(
+    {
+        "dixon",
+        "megre",
+        "mese",
+        "t1w",
+        "t2w",
+        "stir",
+        "dti",
+        "dti_derived",
+        "localizer",
+        "other",
+    }
+)
+DATATYPE_RE = re.compile(r"mr-[a-z]+")
 PARTS = frozenset(
     {
         "magnitude",
@@ -193,11 +207,13 @@ class SeriesRule:
 
 @dataclass(frozen=True, slots=True)
 class OutputName:
-    """ORMIR-MIDS name entities of one output file (``acq``/``part`` optional)."""
+    """ORMIR-MIDS name entities of one output file (``acq``/``part`` optional) and the
+    folder (``datatype``: ``mr-anat``, or ``mr-dwi`` for diffusion)."""
 
     suffix: str
     part: str | None = None
     acq: str | None = None
+    datatype: str = "mr-anat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,14 +321,17 @@ def parse_rule_table(raw: Mapping[str, Any]) -> RuleTable:
         for part, entities in by_part.items():
             if part not in PARTS - {"unknown"}:
                 raise RuleTableError(f"outputs.{label}: unknown part {part!r}")
-            bad = set(entities) - {"suffix", "part", "acq"}
+            bad = set(entities) - {"suffix", "part", "acq", "datatype"}
             if bad or not re.fullmatch(r"[A-Za-z0-9]+", str(entities.get("suffix", ""))):
                 raise RuleTableError(f"outputs.{label}.{part}: bad name entities {entities!r}")
             for key in ("part", "acq"):
                 if key in entities and not re.fullmatch(r"[a-z0-9]+", str(entities[key])):
                     raise RuleTableError(f"outputs.{label}.{part}: bad {key} {entities[key]!r}")
+            datatype = str(entities.get("datatype", "mr-anat"))
+            if not DATATYPE_RE.fullmatch(datatype):
+                raise RuleTableError(f"outputs.{label}.{part}: bad datatype {datatype!r}")
             outputs[label][part] = OutputName(
-                entities["suffix"], entities.get("part"), entities.get("acq")
+                entities["suffix"], entities.get("part"), entities.get("acq"), datatype
             )
     not_converted: dict[str, NotConverted] = {}
     for label, entry in raw["not_converted"].items():

@@ -18,6 +18,12 @@ Where MyoVault goes beyond the ``ormir-mids`` package's conventions (0.1.11):
   (session_id, age, days_from_first_visit) as in BIDS; ormir-mids writes a per-file
   ``_patient.json`` with identifiers instead, which MyoVault never writes.
 * Sidecar key ``MyoVault`` records the classification rule and converter version.
+* Diffusion: ``mr-dwi/…_dwi.nii.gz`` with BIDS ``.bval``/``.bvec`` (:mod:`ingest.diffusion`);
+  ormir-mids has no diffusion convention.
+* Several stacks in one series: one NIfTI per stack with the BIDS ``chunk-<n>`` entity
+  (:mod:`ingest.stacks`); ormir-mids has none.
+* Phase parts in radians with ``Units`` in the sidecar (:mod:`ingest.phase`); ormir-mids scales
+  GE phase as unsigned 12-bit only.
 """
 
 from __future__ import annotations
@@ -48,10 +54,13 @@ from ingest.classify import (
     load_rule_table,
     split_by_part,
 )
+from ingest.diffusion import DiffusionTable, diffusion_table, volume_index
 from ingest.errors import ConversionError, GeometryError, IngestError
 from ingest.nifti import StackGeometry, assemble_volume, stack_geometry
+from ingest.phase import PhaseScaling, phase_scaling
 from ingest.records import InstanceRecord, SeriesRecord
 from ingest.scan import IssueKind, ScanResult
+from ingest.stacks import split_stacks
 
 CONVERTER_NAME = "myovault.ingest"
 CONVERTER_VERSION = "1"
@@ -62,6 +71,7 @@ PULSE_SEQUENCE_TYPE = {
     "t1w": "T1-weighted",
     "t2w": "T2-weighted",
     "stir": "Short-tau inversion recovery",
+    "dti": "Diffusion-weighted",
 }
 NA = "n/a"
 
@@ -89,6 +99,8 @@ class PlannedFile:
     part: str
     geometry: StackGeometry
     sidecar: Mapping[str, Any] = field(hash=False)
+    diffusion: DiffusionTable | None = None  # DWI: written as .bval/.bvec beside the NIfTI
+    phase: PhaseScaling | None = None  # phase part: stored values → radians
 
     @property
     def n_images(self) -> int:
@@ -130,6 +142,8 @@ class ConvertedFile:
     shape: tuple[int, ...]
     n_images: int
     sha256: str  # of the NIfTI file as written
+    bval_path: Path | None = None
+    bvec_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +197,10 @@ def output_stem(
     acq: str | None = None,
     run: int | None = None,
     part: str | None = None,
+    chunk: int | None = None,
+    datatype: str = "mr-anat",
 ) -> str:
-    """``sub-<p>/ses-<n>/mr-anat/sub-<p>_ses-<n>[_acq-][_run-][_part-]_<SUFFIX>``."""
+    """``sub-<p>/ses-<n>/<datatype>/sub-<p>_ses-<n>[_acq-][_run-][_part-][_chunk-]_<SUFFIX>``."""
     name = f"sub-{participant}_ses-{session}"
     if acq:
         name += f"_acq-{acq}"
@@ -192,7 +208,9 @@ def output_stem(
         name += f"_run-{run}"
     if part:
         name += f"_part-{part}"
-    return f"sub-{participant}/ses-{session}/mr-anat/{name}_{suffix}"
+    if chunk is not None:
+        name += f"_chunk-{chunk}"
+    return f"sub-{participant}/ses-{session}/{datatype}/{name}_{suffix}"
 
 
 def _unique(values: Sequence[Any]) -> Any:
@@ -203,13 +221,21 @@ def _unique(values: Sequence[Any]) -> Any:
 
 
 def build_sidecar(
-    geometry: StackGeometry, classification: Classification, part: str
+    geometry: StackGeometry,
+    classification: Classification,
+    part: str,
+    *,
+    phase: PhaseScaling | None = None,
+    diffusion: DiffusionTable | None = None,
+    chunk: int | None = None,
 ) -> dict[str, Any]:
     """Acquisition parameters of one output file (allow-list; never any patient attribute)."""
     records = geometry.records
     first = records[0]
     label = classification.label
     times = [t for t in geometry.echo_times_ms if t is not None]
+    if diffusion is not None:  # the 4th axis is the diffusion volume, not the echo
+        times = sorted({round(t, 4) for t in times})
     sidecar: dict[str, Any] = {}
     if times:
         sidecar["EchoTime"] = [round(t, 4) for t in times] if len(times) > 1 else round(times[0], 4)
@@ -241,6 +267,17 @@ def build_sidecar(
         "PixelSpacing": list(first.pixel_spacing_mm) if first.pixel_spacing_mm else None,
     }
     sidecar.update({k: v for k, v in values.items() if v is not None})
+    if part == "phase":
+        sidecar["Units"] = "rad" if phase is not None else "arbitrary"
+    extra: dict[str, Any] = {}
+    if phase is not None:
+        extra["PhaseScaling"] = {"Rule": phase.rule, "Offset": phase.offset, "Scale": phase.scale}
+    if diffusion is not None:
+        extra["DiffusionSource"] = diffusion.source
+        extra["DiffusionVolumes"] = len(diffusion.bvals)
+    if chunk is not None:
+        extra["Chunk"] = chunk
+        extra["ChunkNote"] = "one of several stacks of one DICOM series (BIDS chunk entity)"
     sidecar["MyoVault"] = {
         "Classification": label,
         "ClassificationRule": classification.rule_id,
@@ -249,6 +286,7 @@ def build_sidecar(
         "ConverterVersion": CONVERTER_VERSION,
         "EnhancedMR": first.is_enhanced,
         "NumberOfImages": len(records),
+        **extra,
     }
     return sidecar
 
@@ -302,6 +340,53 @@ def _relative(path: Path, root: Path) -> str:
         return path.name
 
 
+Stack = tuple[StackGeometry, DiffusionTable | None, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    series: SeriesRecord
+    classification: Classification
+    part: str
+    stack: Stack
+    session: str
+    name: OutputName
+
+
+def stack_plans(label: str, records: Sequence[InstanceRecord]) -> list[Stack]:
+    """The grids one series part becomes: ``(geometry, diffusion table, chunk)`` each.
+
+    * ``dti``: one 4D grid whose 4th axis is the diffusion volume, with its bval/bvec table;
+    * otherwise one grid (echoes on the 4th axis); when the images do not fit one grid, the
+      part is split into stacks (:func:`ingest.stacks.split_stacks`) numbered as chunks 1..n.
+
+    Raises
+    ------
+    GeometryError
+        When the images (or one of the stacks) cannot be placed on a regular grid.
+    """
+    if label == "dti":
+        volumes, representatives = volume_index(records)
+        geometry = stack_geometry(records, volumes=volumes)
+        table = diffusion_table([records[n] for n in representatives], geometry.affine)
+        return [(geometry, table, None)]
+    try:
+        return [(stack_geometry(records), None, None)]
+    except GeometryError as first_error:
+        stacks = split_stacks(records)
+        if len(stacks) < 2:
+            raise
+        out: list[Stack] = []
+        for n, stack in enumerate(stacks, start=1):
+            try:
+                out.append((stack_geometry(stack), None, n))
+            except GeometryError as exc:
+                raise GeometryError(
+                    f"{first_error}; split into {len(stacks)} stacks, stack {n} still fails: {exc}"
+                ) from exc
+        return out
+
+
 def plan_conversion(scan: ScanResult, *, table: RuleTable | None = None) -> ConversionPlan:
     """Decide which series become which ORMIR-MIDS files (no pixels read, nothing written).
 
@@ -329,7 +414,7 @@ def plan_conversion(scan: ScanResult, *, table: RuleTable | None = None) -> Conv
                 labels[patient] = label
     numbering, session_rows, sex = _sessions(scan.series)
 
-    candidates: list[tuple[SeriesRecord, Classification, str, StackGeometry, str, OutputName]] = []
+    candidates: list[_Candidate] = []
     for series in scan.series:
         what = series.label
         if series.patient_id not in labels:
@@ -367,7 +452,7 @@ def plan_conversion(scan: ScanResult, *, table: RuleTable | None = None) -> Conv
                 )
                 continue
             try:
-                geometry = stack_geometry(records)
+                stacks = stack_plans(classification.label, records)
             except GeometryError as exc:
                 not_converted.append(
                     NotConvertedItem(
@@ -379,14 +464,17 @@ def plan_conversion(scan: ScanResult, *, table: RuleTable | None = None) -> Conv
                 )
                 continue
             session = numbering[(series.patient_id, series.session_key)]
-            candidates.append((series, classification, part, geometry, session, name))
+            for stack in stacks:
+                candidates.append(_Candidate(series, classification, part, stack, session, name))
 
     # run-<n> when one visit holds several series giving the same name (acq, part, suffix);
     # runs are numbered by SeriesNumber, so separate magnitude and phase series of one
     # acquisition stay unnumbered, and two acquisitions pair up run by run.
     groups: dict[tuple[str, str, OutputName], dict[str, SeriesRecord]] = defaultdict(dict)
-    for series, _c, _p, _g, session, name in candidates:
-        groups[(series.patient_id, session, name)].setdefault(series.series_instance_uid, series)
+    for c in candidates:
+        groups[(c.series.patient_id, c.session, c.name)].setdefault(
+            c.series.series_instance_uid, c.series
+        )
     runs: dict[tuple[str, str, OutputName], int | None] = {}
     for (_patient, session, name), by_uid in groups.items():
         members = sorted(
@@ -400,27 +488,40 @@ def plan_conversion(scan: ScanResult, *, table: RuleTable | None = None) -> Conv
             runs[(s.series_instance_uid, session, name)] = n if len(members) > 1 else None
 
     files: list[PlannedFile] = []
-    for series, classification, part, geometry, session, name in candidates:
-        participant = labels[series.patient_id]
+    for c in candidates:
+        participant = labels[c.series.patient_id]
+        geometry, diffusion, chunk = c.stack
         stem = output_stem(
             participant,
-            session,
-            name.suffix,
-            acq=name.acq,
-            run=runs[(series.series_instance_uid, session, name)],
-            part=name.part,
+            c.session,
+            c.name.suffix,
+            acq=c.name.acq,
+            run=runs[(c.series.series_instance_uid, c.session, c.name)],
+            part=c.name.part,
+            chunk=chunk,
+            datatype=c.name.datatype,
         )
+        phase = phase_scaling(geometry.records) if c.part == "phase" else None
         files.append(
             PlannedFile(
                 relative_stem=stem,
                 participant_id=f"sub-{participant}",
-                session_id=f"ses-{session}",
-                series_instance_uid=series.series_instance_uid,
-                series_label=series.label,
-                classification=classification,
-                part=part,
+                session_id=f"ses-{c.session}",
+                series_instance_uid=c.series.series_instance_uid,
+                series_label=c.series.label,
+                classification=c.classification,
+                part=c.part,
                 geometry=geometry,
-                sidecar=build_sidecar(geometry, classification, part),
+                sidecar=build_sidecar(
+                    geometry,
+                    c.classification,
+                    c.part,
+                    phase=phase,
+                    diffusion=diffusion,
+                    chunk=chunk,
+                ),
+                diffusion=diffusion,
+                phase=phase,
             )
         )
     used = {(f.participant_id, f.session_id) for f in files}
@@ -614,16 +715,30 @@ def convert_file(
     if not overwrite and (nifti_path.exists() or sidecar_path.exists()):
         raise ConversionError(f"{nifti_path.relative_to(dst_root)} already exists")
     volume = assemble_volume(planned.geometry, reader or PixelReader())
+    if planned.phase is not None:
+        volume = to_radians(volume, planned.phase)
     nifti_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_nifti, tmp_json = _tmp_name(nifti_path), _tmp_name(sidecar_path)
+    tables: list[tuple[Path, Path, str]] = []
+    if planned.diffusion is not None:
+        for ext, text in (
+            (".bval", planned.diffusion.bval_text()),
+            (".bvec", planned.diffusion.bvec_text()),
+        ):
+            final = dst_root / f"{planned.relative_stem}{ext}"
+            tables.append((_tmp_name(final), final, text))
     try:
         nib.save(nifti_image(volume, planned.geometry), tmp_nifti)
         tmp_json.write_text(json.dumps(planned.sidecar, indent=2) + "\n", encoding="utf-8")
+        for tmp, _final, text in tables:
+            tmp.write_text(text, encoding="utf-8")
         digest = _sha256(tmp_nifti)
+        for tmp, final, _text in tables:
+            os.replace(tmp, final)
         os.replace(tmp_json, sidecar_path)
         os.replace(tmp_nifti, nifti_path)
     finally:
-        for tmp in (tmp_nifti, tmp_json):
+        for tmp in (tmp_nifti, tmp_json, *(t[0] for t in tables)):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     return ConvertedFile(
@@ -637,7 +752,16 @@ def convert_file(
         shape=tuple(volume.shape),
         n_images=planned.n_images,
         sha256=digest,
+        bval_path=tables[0][1] if tables else None,
+        bvec_path=tables[1][1] if tables else None,
     )
+
+
+def to_radians(volume: npt.NDArray[np.generic], scaling: PhaseScaling) -> npt.NDArray[np.float32]:
+    """Phase values (after rescale) → radians, float32 (see :mod:`ingest.phase`)."""
+    return (
+        (volume.astype(np.float32) + np.float32(scaling.offset)) * np.float32(scaling.scale)
+    ).astype(np.float32, copy=False)
 
 
 def convert(

@@ -39,6 +39,7 @@ class StackGeometry:
         ``(n_columns, n_rows, n_slices, n_echoes)``.
     echo_times_ms : tuple
         Echo time of each echo index (ascending); ``(None,)`` when the images carry none.
+        For a stack built with explicit ``volumes``: the echo time of each volume.
     slots : tuple of (int, int)
         ``(slice k, echo e)`` for each record of ``records``, same order.
     affine_ras : tuple of tuple of float
@@ -100,13 +101,19 @@ def _cluster(values: npt.NDArray[np.float64], tol: float) -> npt.NDArray[np.intp
     return labels
 
 
-def stack_geometry(records: Sequence[InstanceRecord]) -> StackGeometry:
+def stack_geometry(
+    records: Sequence[InstanceRecord], *, volumes: Sequence[int] | None = None
+) -> StackGeometry:
     """Place a stack of 2D images (one series part) on one regular 4D grid.
 
     Parameters
     ----------
     records : sequence of InstanceRecord
         All images of one output file (any order).
+    volumes : sequence of int, optional
+        The 4th-axis index of each record (e.g. the DWI volume, see
+        :func:`ingest.diffusion.volume_index`); by default the 4th axis is the echo, in
+        ascending echo time.
 
     Returns
     -------
@@ -151,7 +158,18 @@ def stack_geometry(records: Sequence[InstanceRecord]) -> StackGeometry:
     if any(t is None for t in times) and not all(t is None for t in times):
         raise GeometryError("EchoTime present on some images and missing on others")
     echo_values: list[float | None]
-    if times[0] is None:
+    if volumes is not None:
+        if len(volumes) != len(records):
+            raise GeometryError("one volume index per image is needed")
+        echo_index = np.asarray(volumes, dtype=np.intp)
+        n_volumes = int(echo_index.max()) + 1
+        by_volume: dict[int, float | None] = {}
+        for n, v in enumerate(echo_index):
+            by_volume.setdefault(int(v), records[n].echo_time_ms)
+        if sorted(by_volume) != list(range(n_volumes)):
+            raise GeometryError("volume indices are not contiguous")
+        echo_values = [by_volume[v] for v in range(n_volumes)]
+    elif times[0] is None:
         echo_index = np.zeros(len(records), dtype=np.intp)
         echo_values = [None]
     else:

@@ -20,6 +20,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from ingest.diffusion import DiffusionInfo, diffusion_from_dataset
 from ingest.errors import CorruptDicomError
 
 #: GE private tag (0043,102F) "image type": 0 magnitude, 1 phase, 2 real, 3 imaginary.
@@ -96,7 +97,10 @@ class InstanceRecord:
     phase_encoding_direction: str | None
     rescale_slope: float
     rescale_intercept: float
-    diffusion_b_value: float | None
+    diffusion_b_value: float | None  # s/mm² (standard or vendor private tag)
+    diffusion_gradient: tuple[float, float, float] | None  # unit vector, see ..._frame
+    diffusion_gradient_frame: str | None  # "patient" (LPS) or "image" (row, column, normal)
+    diffusion_source: str  # where the diffusion values came from ("" when none)
     bits_allocated: int
     bits_stored: int
     pixel_representation: int  # 0 unsigned, 1 signed
@@ -269,6 +273,15 @@ def _patient_and_series(ds: Dataset, location: PixelLocation | None) -> dict[str
     }
 
 
+def _diffusion(info: DiffusionInfo) -> dict[str, Any]:
+    return {
+        "diffusion_b_value": info.b_value,
+        "diffusion_gradient": info.direction,
+        "diffusion_gradient_frame": info.frame,
+        "diffusion_source": info.source,
+    }
+
+
 def _classic_record(ds: Dataset, path: Path, location: PixelLocation | None) -> InstanceRecord:
     base = _patient_and_series(ds, location)
     position = _floats(ds.get("ImagePositionPatient"), 3)
@@ -301,7 +314,7 @@ def _classic_record(ds: Dataset, path: Path, location: PixelLocation | None) -> 
         phase_encoding_direction=_text(ds.get("InPlanePhaseEncodingDirection")),
         rescale_slope=1.0 if slope is None else slope,
         rescale_intercept=0.0 if intercept is None else intercept,
-        diffusion_b_value=_float(ds.get("DiffusionBValue")),
+        **_diffusion(diffusion_from_dataset(ds)),
         **base,
     )
 
@@ -376,7 +389,7 @@ def _frame_records(
             ),
             rescale_slope=1.0 if slope is None else slope,
             rescale_intercept=0.0 if intercept is None else intercept,
-            diffusion_b_value=_float(groups.get("MRDiffusionSequence", "DiffusionBValue")),
+            **_diffusion(diffusion_from_dataset(ds, groups)),
             **base,
         )
 

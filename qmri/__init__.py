@@ -14,7 +14,10 @@ Public fitting API (import from the submodules):
   -> DixonResult`` — multi-echo complex GRE water/fat/B0/R2*.
 - :func:`qmri.dixon.ff_from_water_fat` — FF from vendor water/fat magnitude images.
 - :func:`qmri.dixon.fit_dixon_magnitude_phase` — 3-point Dixon from magnitude + phase images.
-- :func:`qmri.dixon.fat_water_separation_deg` — conditioning of a set of echo times.
+- :func:`qmri.dixon.fat_water_separation_deg` and :func:`qmri.dixon.ff_crlb_std_points` —
+  conditioning of a set of echo times (rotation of fat vs water; Cramer-Rao bound of the FF);
+  ill-conditioned echo times (e.g. the GE dual-echo B0-map sample) are explained in
+  ``qmri/README.md`` and refused by :func:`qmri.run.run_dixon_fit` (B0 map only).
 - :mod:`qmri.io` — ORMIR-MIDS NIfTI + JSON readers and ``mr-quant`` map writers.
 - :func:`qmri.run.run_t2_fit` / :func:`qmri.run.run_dixon_fit` ``(path, out_dir, options,
   progress) -> list[Path]`` — file in, maps + sidecars out (what the CLI and pipeline call).

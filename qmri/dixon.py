@@ -52,6 +52,8 @@ __all__ = [
     "fit_dixon_magnitude_phase",
     "ff_from_water_fat",
     "estimate_background_noise",
+    "ff_crlb_std_points",
+    "ill_conditioned_note",
 ]
 
 PhaseConvention = Literal["standard", "conjugate", "auto"]
@@ -187,6 +189,55 @@ def _lambda_fast(w: NDArray[np.complex64]) -> NDArray[np.float32]:
     return 0.5 * (energy + np.abs(w0 * w0 + w1 * w1))
 
 
+def _design_real(
+    basis: NDArray[np.complex128],
+    te_s: NDArray[np.float64],
+    psi_hz: NDArray[np.float64],
+    r2: NDArray[np.float64],
+) -> NDArray[np.float32]:
+    """Real form of :func:`_design_whitened`: shape (2E, 4K), K = R*P (R2* major).
+
+    For complex64 data ``y`` (n, E), ``y.view(float32) @ M`` (interleaved real/imaginary input)
+    gives the blocks [Re w0 | Im w0 | Re w1 | Im w1], each (n, K) — contiguous float32 columns
+    for :func:`_lambda_real` instead of strided complex views.
+    """
+    mw = _design_whitened(basis, te_s, psi_hz, r2).astype(np.complex128)
+    mw = mw.reshape(te_s.size, -1, 2)  # (E, K, 2)
+    out = np.empty((2 * te_s.size, 4 * mw.shape[1]))
+    for j in range(2):
+        mr, mi = mw[:, :, j].real, mw[:, :, j].imag
+        re_cols = slice(2 * j * mw.shape[1], (2 * j + 1) * mw.shape[1])
+        im_cols = slice((2 * j + 1) * mw.shape[1], (2 * j + 2) * mw.shape[1])
+        out[0::2, re_cols], out[1::2, re_cols] = mr, -mi  # Re w = yr mr - yi mi
+        out[0::2, im_cols], out[1::2, im_cols] = mi, mr  # Im w = yr mi + yi mr
+    return np.ascontiguousarray(out, dtype=F32)
+
+
+def _lambda_real(w: NDArray[np.float32]) -> NDArray[np.float32]:
+    """:func:`_lambda_fast` from the real blocks of :func:`_design_real`; w (n, 4K) -> (n, K).
+
+    lambda = (|w0|^2 + |w1|^2 + |w0^2 + w1^2|) / 2 with w0^2 + w1^2 = zr + i zi.
+    """
+    k = w.shape[1] // 4
+    a0, b0, a1, b1 = w[:, :k], w[:, k : 2 * k], w[:, 2 * k : 3 * k], w[:, 3 * k :]
+    zi = a0 * b0
+    zi += a1 * b1
+    re2 = a0 * a0
+    re2 += a1 * a1
+    im2 = b0 * b0
+    im2 += b1 * b1
+    lam = re2 + im2
+    re2 -= im2  # zr
+    re2 *= re2
+    zi *= zi
+    zi *= 4.0
+    re2 += zi
+    np.sqrt(re2, out=re2)
+    lam += re2
+    lam *= 0.5
+    return lam
+
+
 def _lambda_max(
     u: NDArray[np.complex64], gi: NDArray[np.float64]
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
@@ -220,34 +271,50 @@ def _amplitudes(
     psi_hz: NDArray[np.float64],
     r2: NDArray[np.float64],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Exact phase-constrained amplitudes at per-voxel continuous (psi, R2*); s shape (n, E)."""
-    decay = np.exp((2j * np.pi * psi_hz[:, None] - r2[:, None]) * te_s[None, :])  # (n, E)
-    sd = s.astype(np.complex128) * decay.conj()  # demodulated data
-    d2 = np.abs(decay) ** 2
+    """Exact phase-constrained amplitudes at per-voxel continuous (psi, R2*); s shape (n, E).
+
+    Per-echo arrays are complex64 / float32 (half the memory traffic); the 2x2 algebra per
+    voxel is float64.
+    """
+    s64 = np.asarray(s, dtype=C64)
+    decay = np.exp(
+        psi_hz.astype(F32)[:, None] * (2j * np.pi * te_s).astype(C64)[None]
+        - r2.astype(F32)[:, None] * te_s.astype(F32)[None]
+    )  # (n, E) complex64
+    sd = s64 * decay.conj()  # demodulated data
+    d2 = decay.real * decay.real + decay.imag * decay.imag
     b0, b1 = basis[:, 0], basis[:, 1]
-    u0 = sd @ b0.conj()
-    u1 = sd @ b1.conj()
-    g00 = d2 @ np.abs(b0) ** 2
-    g11 = d2 @ np.abs(b1) ** 2
-    g01 = d2 @ (b0.conj() * b1).real
+    u = (sd @ basis.conj().astype(C64)).astype(np.complex128)  # (n, 2)
+    gram = d2 @ np.stack([np.abs(b0) ** 2, np.abs(b1) ** 2, (b0.conj() * b1).real], 1).astype(F32)
+    g00, g11, g01 = (gram[:, k].astype(np.float64) for k in range(3))
     det = g00 * g11 - g01 * g01 + 1e-30
     i00, i11, i01 = g11 / det, g00 / det, -g01 / det
-    ur0, ur1, ui0, ui1 = u0.real, u1.real, u0.imag, u1.imag
+    ur0, ur1, ui0, ui1 = u[:, 0].real, u[:, 1].real, u[:, 0].imag, u[:, 1].imag
     k11 = i00 * ur0 * ur0 + 2 * i01 * ur0 * ur1 + i11 * ur1 * ur1
     k22 = i00 * ui0 * ui0 + 2 * i01 * ui0 * ui1 + i11 * ui1 * ui1
     k12 = i00 * ur0 * ui0 + i01 * (ur0 * ui1 + ur1 * ui0) + i11 * ur1 * ui1
     phi = 0.5 * np.arctan2(k12, 0.5 * (k11 - k22))
     c, sn = np.cos(phi), np.sin(phi)
     v0, v1 = ur0 * c + ui0 * sn, ur1 * c + ui1 * sn
-    rho = np.stack([i00 * v0 + i01 * v1, i01 * v0 + i11 * v1], axis=1)
-    sign = np.where(rho.sum(1) < 0, -1.0, 1.0)
-    rho = rho * sign[:, None]
-    phase = np.exp(1j * (phi + np.where(sign < 0, np.pi, 0.0)))
-    fit = phase[:, None] * decay * (rho[:, :1] * b0[None] + rho[:, 1:] * b1[None])
-    energy = np.sum(np.abs(s) ** 2, axis=1)
+    rho_w = i00 * v0 + i01 * v1
+    rho_f = i01 * v0 + i11 * v1
+    sign = np.where(rho_w + rho_f < 0, -1.0, 1.0)
+    rho_w, rho_f = rho_w * sign, rho_f * sign
+    phase = np.exp(1j * (phi + np.where(sign < 0, np.pi, 0.0))).astype(C64)
+    model = (
+        rho_w.astype(F32)[:, None] * b0.astype(C64)[None]
+        + rho_f.astype(F32)[:, None] * b1.astype(C64)[None]
+    )
+    model *= decay
+    model *= phase[:, None]
+    resid = s64 - model
+    energy = np.einsum("ne,ne->n", s64.real, s64.real) + np.einsum("ne,ne->n", s64.imag, s64.imag)
+    rss = np.einsum("ne,ne->n", resid.real, resid.real) + np.einsum(
+        "ne,ne->n", resid.imag, resid.imag
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.sqrt(np.sum(np.abs(s - fit) ** 2, axis=1) / energy)
-    return rho[:, 0], rho[:, 1], rel
+        rel = np.sqrt(rss.astype(np.float64) / energy.astype(np.float64))
+    return rho_w, rho_f, rel
 
 
 # --------------------------------------------------------------------------- helpers
@@ -272,6 +339,23 @@ def _block_mean(x: NDArray[np.complex64], factors: tuple[int, ...]) -> NDArray[n
     xr = xp.reshape(*shape, x.shape[-1])
     axes = tuple(range(1, 2 * len(spatial), 2))
     return xr.mean(axis=axes)
+
+
+def _masked_block_mean(
+    s: NDArray[np.complex64], m: NDArray[np.bool_], factors: tuple[int, ...]
+) -> tuple[NDArray[np.complex64], NDArray[np.bool_]]:
+    """Block means of the masked signal and the low-resolution mask (> 25 % of a block).
+
+    Computed in slabs along the first axis (whole blocks per slab), so no full-size masked copy
+    of the signal is made; identical to :func:`_block_mean` of the whole masked array.
+    """
+    step = factors[0] * 16
+    lows, masks = [], []
+    for i in range(0, s.shape[0], step):
+        mm = m[i : i + step]
+        lows.append(_block_mean(np.where(mm[..., None], s[i : i + step], 0).astype(C64), factors))
+        masks.append(_block_mean(mm[..., None].astype(F32), factors)[..., 0] > 0.25)
+    return np.concatenate(lows, axis=0), np.concatenate(masks, axis=0)
 
 
 def _local_minima_periodic(
@@ -499,6 +583,74 @@ def fat_water_separation_deg(echo_times_ms: ArrayLike, field_strength_t: float) 
     return float(np.degrees(np.max(np.abs(rel))))
 
 
+def ff_crlb_std_points(
+    echo_times_ms: ArrayLike,
+    field_strength_t: float,
+    ff_percent: float,
+    snr: float,
+    *,
+    b0_known: bool = False,
+) -> float:
+    """Cramer-Rao lower bound of the FF standard deviation (percentage points) for one voxel.
+
+    Model of :func:`fit_dixon_complex` without R2* (its best case): unknown real water and fat
+    amplitudes, a free initial phase and, unless ``b0_known`` (perfect spatial regularisation),
+    a free B0. ``snr`` = (water + fat) / noise standard deviation per complex channel. The bound
+    does not depend on the phase or B0 values, so they are taken as zero.
+
+    Parameters
+    ----------
+    echo_times_ms : array_like, shape (E,)
+    field_strength_t : float
+    ff_percent : float
+        True fat fraction in [0, 100].
+    snr : float
+        Signal-to-noise ratio of the first echo's total proton density (> 0).
+    b0_known : bool
+
+    Returns
+    -------
+    float
+        Lower bound of std(FF) in percentage points (inf when the FF is not identifiable).
+    """
+    te_ms = np.asarray(echo_times_ms, dtype=np.float64).reshape(-1)
+    if not 0.0 <= ff_percent <= 100.0 or snr <= 0:
+        raise ModelParameterError("ff_percent must be in [0, 100] and snr > 0")
+    c = fat_signal(te_ms, field_strength_t)
+    f = ff_percent / 100.0
+    w = 1.0 - f
+    s = w + f * c
+    columns = [np.ones_like(c), c, 1j * s]  # d/dw, d/df, d/dphi
+    if not b0_known:
+        columns.append(2j * np.pi * te_ms * 1e-3 * s)  # d/dpsi
+    jac = np.stack(columns, axis=1)
+    fisher = (jac.conj().T @ jac).real * snr**2  # real parameters, complex Gaussian noise
+    if np.linalg.cond(fisher) > 1e12:
+        return float("inf")
+    grad = np.zeros(jac.shape[1])
+    grad[0], grad[1] = -f, w  # d FF / d(w, f) at w + f = 1
+    return float(100.0 * np.sqrt(grad @ np.linalg.solve(fisher, grad)))
+
+
+def ill_conditioned_note(
+    echo_times_ms: ArrayLike, field_strength_t: float, *, refused: bool
+) -> str:
+    """Human-readable reason why FF from these echo times is unreliable (with numbers)."""
+    te = np.asarray(echo_times_ms, dtype=np.float64).reshape(-1)
+    sep = fat_water_separation_deg(te, field_strength_t)
+    bound = ff_crlb_std_points(te, field_strength_t, 50.0, 100.0)
+    msg = (
+        f"echo times {', '.join(f'{t:g}' for t in te)} ms at {field_strength_t:g} T cannot "
+        f"separate water from fat: the fat signal turns by only {sep:.0f} deg relative to water "
+        "between echoes (>= 60 deg needed), so the water-dominant and fat-dominant solutions "
+        "fit the data almost equally and unmodelled R2* decay is read as fat (FF noise bound "
+        f"{bound:.0f} points at SNR 100 and FF 50 %; see qmri/README.md)"
+    )
+    if refused:
+        return msg + "; FF, water and fat maps NOT written (allow_ill_conditioned to force)"
+    return msg + "; FF, water and fat maps written anyway, do not use them quantitatively"
+
+
 def _lowres_factors(spatial: tuple[int, ...], size: int) -> tuple[int, ...]:
     """Block sizes so that no axis exceeds ``size`` and the grid has <= size**2 * 14 voxels
     (about 32 000 at the default 48): the region growing is sequential."""
@@ -567,7 +719,7 @@ def fit_dixon_complex(
     *,
     mask: ArrayLike | None = None,
     model: DixonModel | None = None,
-    chunk_voxels: int = 65536,
+    chunk_voxels: int = 16384,
     n_threads: int | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> DixonResult:
@@ -587,7 +739,8 @@ def fit_dixon_complex(
         percentile).
     model : DixonModel, optional
     chunk_voxels, n_threads : int
-        Work unit size and worker threads for the full-resolution stage.
+        Work unit size and worker threads for the full-resolution stage (the signal is
+        gathered per chunk; a few kB of work arrays per voxel of a chunk, per thread).
     progress : callable(float), optional
         Called with the completed fraction.
 
@@ -638,16 +791,14 @@ def fit_dixon_complex(
 
     # ---- stage 1: low-resolution B0 candidates and region growing
     factors = _lowres_factors(spatial, model.lowres_size)
-    s_in = np.where(m[..., None], s, 0).astype(C64)
-    low = _block_mean(s_in, factors)
-    m_low = _block_mean(m[..., None].astype(C64), factors)[..., 0].real > 0.25
+    low, m_low = _masked_block_mean(s, m, factors)
     low_flat = low[m_low]
     psi_grid = np.arange(model.b0_points, dtype=np.float64) * (period / model.b0_points)
     psi_grid -= period / 2.0
     conventions = (
         ["standard", "conjugate"] if model.phase_convention == "auto" else [model.phase_convention]
     )
-    mtx_low = _design_whitened(basis, te_s, psi_grid, r2_low)
+    mtx_low = _design_real(basis, te_s, psi_grid, r2_low)
     energy_low = np.sum(np.abs(low_flat) ** 2, axis=1)
     priority = np.zeros(m_low.shape)
     priority[m_low] = np.sqrt(energy_low)
@@ -657,9 +808,12 @@ def fit_dixon_complex(
     )
     results: dict[str, tuple[NDArray[np.float64], float]] = {}
     for conv in conventions:
-        data = low_flat.conj() if conv == "conjugate" else low_flat
-        w = (data @ mtx_low).reshape(data.shape[0], r2_low.size, psi_grid.size, 2)
-        cost = energy_low[:, None] - _lambda_fast(w).max(axis=1).astype(np.float64)  # (n, P)
+        data = np.ascontiguousarray(low_flat.conj() if conv == "conjugate" else low_flat, C64)
+        cost = np.empty((data.shape[0], psi_grid.size))  # (n, P), in chunks: bounded memory
+        for i in range(0, data.shape[0], 4096):
+            lam_low = _lambda_real(data[i : i + 4096].view(F32) @ mtx_low)
+            lam_low = lam_low.reshape(-1, r2_low.size, psi_grid.size).max(axis=1)
+            cost[i : i + 4096] = energy_low[i : i + 4096, None] - lam_low
         results[conv] = _lowres_b0(
             cost, m_low, priority, period, model, two_echo=te_ms.size < 3, mean_limit_hz=mean_limit
         )
@@ -678,22 +832,28 @@ def fit_dixon_complex(
 
     # ---- stage 2: full-resolution refinement near the interpolated B0
     psi0_full = _fill_and_upsample(psi_low, priority, spatial, factors)
-    sv = s[m]
-    if best_conv == "conjugate":
-        sv = sv.conj()
-    psi0 = psi0_full[m]
-    n = sv.shape[0]
+    # Masked voxels are gathered per chunk (no full-size copy of the signal).
+    flat_signal = s.reshape(-1, te_ms.size)
+    voxel_index = np.flatnonzero(m.reshape(-1))
+    conjugate = best_conv == "conjugate"
+    psi0 = psi0_full.reshape(-1)[voxel_index]
+    del psi0_full
+    n = voxel_index.size
     n_win = 9
     dpsi = np.linspace(-window, window, n_win)
     r2_a = r2_low
-    mtx_a = _design_whitened(basis, te_s, np.asarray(dpsi, dtype=np.float64), r2_a)
-    mtx_b = _design_whitened(basis, te_s, np.zeros(1, dtype=np.float64), r2_full)
+    mtx_a = _design_real(basis, te_s, np.asarray(dpsi, dtype=np.float64), r2_a)
+    mtx_b = _design_real(basis, te_s, np.zeros(1, dtype=np.float64), r2_full)
     out = np.full((5, n), np.nan)
+    minus_2pi_i_te = (-2j * np.pi * te_s[None, :]).astype(C64)  # complex64 demodulation
 
     def work(sl: slice) -> None:
+        sv = flat_signal[voxel_index[sl]]
+        if conjugate:
+            np.conjugate(sv, out=sv)
         # Step A: B0 within the window, with a coarse R2* grid (exact projection per pair).
-        y = sv[sl] * np.exp(-2j * np.pi * psi0[sl, None] * te_s[None, :]).astype(C64)
-        lam = _lambda_fast((y @ mtx_a).reshape(y.shape[0], r2_a.size, n_win, 2))
+        y = sv * np.exp(psi0[sl, None].astype(F32) * minus_2pi_i_te)
+        lam = _lambda_real(y.view(F32) @ mtx_a).reshape(y.shape[0], r2_a.size, n_win)
         flat = lam.reshape(y.shape[0], -1).argmax(axis=1)
         ir, ip = flat // n_win, flat % n_win
         rows = np.arange(y.shape[0])
@@ -702,14 +862,14 @@ def fit_dixon_complex(
         # Step B: R2* on its fine grid at that B0 (demodulating by psi is exact: the phase
         # factor is unitary and the Gram matrix depends on R2* only).
         if r2_full.size > 1:
-            yb = sv[sl] * np.exp(-2j * np.pi * psi[:, None] * te_s[None, :]).astype(C64)
-            lam_b = _lambda_fast((yb @ mtx_b).reshape(y.shape[0], r2_full.size, 2))
+            yb = sv * np.exp(psi[:, None].astype(F32) * minus_2pi_i_te)
+            lam_b = _lambda_real(yb.view(F32) @ mtx_b)
             jr = lam_b.argmax(axis=1)
             dr = _parabola_offset(lam_b, jr) * (r2_full[1] - r2_full[0])
             r2 = np.clip(r2_full[jr] + dr, 0.0, None)
         else:
             r2 = np.full(y.shape[0], r2_full[0])
-        rho_w, rho_f, rel = _amplitudes(sv[sl], basis, te_s, psi, r2)
+        rho_w, rho_f, rel = _amplitudes(sv, basis, te_s, psi, r2)
         out[0, sl], out[1, sl], out[2, sl], out[3, sl], out[4, sl] = rho_w, rho_f, psi, r2, rel
 
     slices = [slice(i, min(i + chunk_voxels, n)) for i in range(0, n, chunk_voxels)]
@@ -751,6 +911,7 @@ def fit_dixon_complex(
             "r2star_fitted": bool(fit_r2),
             "fat_water_separation_deg": separation,
             "well_conditioned": separation >= 60.0,
+            "b0_composition_uncertainty_hz": separation / 360.0 * period,
             "phase_convention_used": best_conv,
             "phase_convention_costs": convention_costs,
             "b0_period_hz": period,

@@ -16,7 +16,9 @@ suffixes where they exist, BIDS ``desc-`` entities to keep the two fits apart, a
 * ``fit t2``: ``_T2`` (water T2, ms), ``_B1`` (relative), ``_desc-mese_FF`` (%),
   ``_desc-monoexp_T2`` (ms), ``_desc-t2fit_RESIDUAL`` (relative residual).
 * ``fit dixon``: ``_FF`` (%), ``_WATER`` / ``_FAT`` (a.u.), ``_B0`` (Hz), ``_R2STAR`` (1/s,
-  when fitted), ``_desc-dixon_RESIDUAL``.
+  when fitted), ``_desc-dixon_RESIDUAL``; only ``_B0`` and the residual when the echo times
+  cannot separate water from fat (``qmri/README.md``). The pipeline names the maps of a complex
+  MEGRE ``_desc-megre_<SUFFIX>`` so they never collide with a vendor Dixon's ``_FF``.
 
 Each map has a JSON sidecar with ``Method``, ``ModelParameters``, ``Units``, ``SoftwareName``,
 ``SoftwareVersion`` (``qmri.__version__``) and ``Sources``. Files are written atomically.

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from qmri.dixon import DixonModel, ff_from_water_fat, fit_dixon_complex
+from qmri.dixon import DixonModel, ff_from_water_fat, fit_dixon_complex, ill_conditioned_note
 from qmri.errors import InputDataError
 from qmri.io import (
     is_vendor_dixon,
@@ -59,6 +59,11 @@ class DixonOptions:
     phase_convention: Literal["standard", "conjugate", "auto"] = "auto"
     fit_r2star: bool | None = None
     mask_threshold_fraction: float = 0.05
+    #: write FF / water / fat even when the echo times cannot separate water from fat
+    allow_ill_conditioned: bool = False
+    #: BIDS ``desc-`` entity for every complex-Dixon map (keeps MEGRE maps apart from a vendor
+    #: Dixon's ``_FF`` of the same visit); ``None``: plain names, ``desc-dixon`` residual
+    map_desc: str | None = None
 
 
 def signal_mask(first_echo: NDArray[np.floating], fraction: float) -> NDArray[np.bool_]:
@@ -219,14 +224,13 @@ def run_dixon_fit(
         mask_threshold_fraction=opt.mask_threshold_fraction,
     )
     res = fit_dixon_complex(data.signal, data.echo_times_ms, field, model=model, progress=progress)
-    if not res.parameters["well_conditioned"] and warn is not None:
-        warn(
-            "echo times give poor water-fat separation (fat turns by only "
-            f"{res.parameters['fat_water_separation_deg']:.0f} deg relative to water between "
-            "echoes): FF, water and fat maps are unreliable"
-        )
-    method = str(res.parameters["method"])
-    params = res.parameters
+    params = dict(res.parameters)
+    refuse = not params["well_conditioned"] and not opt.allow_ill_conditioned
+    if not params["well_conditioned"]:
+        params["ff_reliability"] = ill_conditioned_note(data.echo_times_ms, field, refused=refuse)
+        if warn is not None:
+            warn(params["ff_reliability"])
+    method = str(params["method"])
 
     def put(
         suffix: str,
@@ -245,15 +249,35 @@ def run_dixon_fit(
             method=method,
             parameters=params,
             sources=data.sources,
-            desc=desc,
+            desc=opt.map_desc or desc,
             description=description,
         )
 
+    b0_note = "off-resonance relative to water"
+    if not params["well_conditioned"]:
+        b0_note += (
+            f" (water/fat ambiguity: uncertain by up to "
+            f"{params['b0_composition_uncertainty_hz']:.0f} Hz where fat and water mix)"
+        )
+    if refuse:
+        written = [
+            put("B0", res.b0_hz, "Hz", b0_note),
+            put(
+                "RESIDUAL",
+                res.relative_residual,
+                "relative",
+                "goodness of fit: |data - model| / |data|",
+                desc="dixon",
+            ),
+        ]
+        if progress is not None:
+            progress(1.0)
+        return written
     written = [
         put("FF", res.ff_percent, "%", "proton-density fat fraction"),
         put("WATER", res.water, "a.u.", "water signal (proton density weighted)"),
         put("FAT", res.fat, "a.u.", "fat signal (proton density weighted)"),
-        put("B0", res.b0_hz, "Hz", "off-resonance relative to water"),
+        put("B0", res.b0_hz, "Hz", b0_note),
         put(
             "RESIDUAL",
             res.relative_residual,

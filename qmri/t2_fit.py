@@ -439,6 +439,7 @@ def fit_water_t2(
     model: WaterT2Model | None = None,
     b1_smoothing_sigma_vox: float | tuple[float, ...] | None = None,
     b1_map: ArrayLike | None = None,
+    b1_estimation_stride: int | None = None,
     chunk_voxels: int = 16384,
     n_threads: int | None = None,
     progress: Callable[[float], None] | None = None,
@@ -461,6 +462,12 @@ def fit_water_t2(
         with B1 fixed.
     b1_map : array_like, shape S, optional
         Known relative B1 (e.g. from a B1 map): only water T2 and FF are fitted.
+    b1_estimation_stride : int, optional
+        With ``b1_smoothing_sigma_vox``: the 2-D (water T2, B1) search that estimates B1 runs
+        on every ``stride``-th voxel along the first two spatial axes (in-plane) only, before
+        the smoothing; every voxel is then fitted with its regularised B1. Default: half the
+        smallest in-plane smoothing width in voxels, between 1 and 4 (3 for 10 mm at 1.5 mm
+        pixels) — the smoothing is much wider than the sub-grid step.
     chunk_voxels : int
         Voxels per work unit (memory ~ chunk_voxels * 9 * E * 8 bytes per thread).
     n_threads : int, optional
@@ -489,29 +496,45 @@ def fit_water_t2(
             raise ShapeMismatchError(f"b1_map shape {b1_arr.shape} != image shape {spatial}")
         fixed_ib1_all = _nearest_b1_index(b1_arr[m], d)
 
-    out = np.full((5, n), np.nan)
+    def run(
+        yy: NDArray[np.float32],
+        fixed: NDArray[np.intp] | None,
+        prog: Callable[[float], None] | None,
+    ) -> NDArray[np.float64]:
+        res_all = np.full((5, yy.shape[0]), np.nan)
 
-    def run(fixed: NDArray[np.intp] | None, prog: Callable[[float], None] | None) -> None:
         def work(sl: slice) -> None:
-            res = _fit_chunk(yv[sl], d, None if fixed is None else fixed[sl])
+            res = _fit_chunk(yy[sl], d, None if fixed is None else fixed[sl])
             for i, r in enumerate(res):
-                out[i, sl] = r
+                res_all[i, sl] = r
 
-        _run_chunks(n, chunk_voxels, n_threads, work, prog)
+        _run_chunks(yy.shape[0], chunk_voxels, n_threads, work, prog)
+        return res_all
 
+    out = np.full((5, n), np.nan)
+    stride = 1
     if n:
         two_pass = b1_smoothing_sigma_vox is not None and fixed_ib1_all is None
         first_progress = (
             None if progress is None else ((lambda f: progress(0.5 * f)) if two_pass else progress)
         )
-        run(fixed_ib1_all, first_progress)
-        if two_pass:
+        if not two_pass:
+            out = run(yv, fixed_ib1_all, first_progress)
+        else:
+            # B1 varies slowly: estimate it (2-D search) on an in-plane sub-grid, regularise,
+            # then fit every voxel with B1 fixed (1-D search over water T2 only).
+            stride = _b1_stride(spatial, b1_smoothing_sigma_vox, b1_estimation_stride)
+            m_sub = m & _subgrid(spatial, stride)
+            if m_sub.sum() < min(n, 64):  # tiny or oddly shaped masks: use every voxel
+                stride, m_sub = 1, m
+            first = run(y[m_sub], None, first_progress)
             b1_full = np.zeros(spatial)
-            b1_full[m] = out[1]
+            b1_full[m_sub] = first[1]
             weight = np.zeros(spatial)
-            weight[m] = out[2] + out[3]
-            smooth = _smooth_b1(b1_full, weight, m, b1_smoothing_sigma_vox or 0.0)
-            run(
+            weight[m_sub] = first[2] + first[3]
+            smooth = _smooth_b1(b1_full, weight, m_sub, b1_smoothing_sigma_vox or 0.0)
+            out = run(
+                yv,
                 _nearest_b1_index(smooth[m], d),
                 None if progress is None else (lambda f: progress(0.5 + 0.5 * f)),
             )
@@ -535,6 +558,7 @@ def fit_water_t2(
         "echo_spacing_ms": spacing,
         "n_echoes": int(te.size),
         "b1_smoothing_sigma_vox": b1_smoothing_sigma_vox,
+        "b1_estimation_stride": stride,
         "b1_fixed_from_map": b1_map is not None,
     }
     return T2FitResult(
@@ -547,6 +571,35 @@ def fit_water_t2(
         mask=m,
         parameters=params,
     )
+
+
+def _b1_stride(
+    spatial: tuple[int, ...],
+    sigma: float | tuple[float, ...] | None,
+    requested: int | None,
+) -> int:
+    """Sub-grid step for the B1 estimation (see ``b1_estimation_stride``)."""
+    if requested is not None:
+        if requested < 1:
+            raise ModelParameterError("b1_estimation_stride must be >= 1")
+        return int(requested)
+    if len(spatial) < 2 or sigma is None:
+        return 1
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (len(spatial),))[:2]
+    return int(np.clip(np.floor(float(sig.min()) / 2.0), 1, 4))
+
+
+def _subgrid(spatial: tuple[int, ...], stride: int) -> NDArray[np.bool_]:
+    """Voxels whose first two spatial indices are multiples of ``stride`` (offset stride//2)."""
+    keep = np.ones(spatial, dtype=bool)
+    if stride <= 1:
+        return keep
+    for axis in range(min(2, len(spatial))):
+        sel = (np.arange(spatial[axis]) % stride) == stride // 2
+        shape = [1] * len(spatial)
+        shape[axis] = spatial[axis]
+        keep &= sel.reshape(shape)
+    return keep
 
 
 def _nearest_b1_index(b1: NDArray[np.float64], d: _Dictionary) -> NDArray[np.intp]:
@@ -563,6 +616,8 @@ def fit_mono_t2(
     skip_first_echo: bool = True,
     t2_range_ms: tuple[float, float] = (1.0, 1000.0),
     iterations: int = 6,
+    chunk_voxels: int = 65536,
+    n_threads: int | None = None,
 ) -> MonoT2Result:
     """Mono-exponential T2, ``S = A exp(-TE/T2)``, by log-linear initialisation + Gauss-Newton.
 
@@ -580,6 +635,8 @@ def fit_mono_t2(
         T2 estimates are clipped to this range.
     iterations : int
         Gauss-Newton iterations on (A, 1/T2) of the unweighted least-squares problem.
+    chunk_voxels, n_threads : int
+        Work unit size (bounded memory) and worker threads (default: all CPUs).
 
     Returns
     -------
@@ -591,33 +648,43 @@ def fit_mono_t2(
     if skip_first_echo:
         y, te = y[..., 1:], te[1:]
     spatial = y.shape[:-1]
-    yv = y[m].astype(np.float64)
+    y_m = y[m]
     lo, hi = t2_range_ms
-    # Log-linear fit weighted by signal^2 (variance of log S ~ 1/S^2).
-    w = np.clip(yv, 1e-12, None) ** 2
-    ly = np.log(np.clip(yv, 1e-12, None))
-    sw, swt, swtt = w.sum(1), w @ te, w @ te**2
-    swy, swty = (w * ly).sum(1), (w * ly) @ te
-    det = sw * swtt - swt**2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        slope = (sw * swty - swt * swy) / det
-    r2 = np.clip(np.nan_to_num(-slope, nan=1.0 / 50.0), 1.0 / hi, 1.0 / lo)
-    for _ in range(iterations):
-        e = np.exp(-np.outer(r2, te))
-        amp = (e * yv).sum(1) / np.maximum((e * e).sum(1), 1e-30)
-        resid = yv - amp[:, None] * e
-        j_a = e
-        j_r = -amp[:, None] * te[None, :] * e
-        h11, h12, h22 = (j_a * j_a).sum(1), (j_a * j_r).sum(1), (j_r * j_r).sum(1)
-        g1, g2 = (j_a * resid).sum(1), (j_r * resid).sum(1)
-        det2 = h11 * h22 - h12**2
+    out = np.empty((3, y_m.shape[0]))
+    te32 = te.astype(F32)
+
+    def work(sl: slice) -> None:
+        yv = y_m[sl].astype(F32)  # float32 throughout: half the memory traffic
+        t = te32
+        # Log-linear fit weighted by signal^2 (variance of log S ~ 1/S^2).
+        w = np.clip(yv, F32(1e-12), None) ** 2
+        ly = np.log(np.clip(yv, F32(1e-12), None))
+        sw, swt, swtt = w.sum(1), w @ t, w @ t**2
+        swy, swty = (w * ly).sum(1), (w * ly) @ t
+        det = sw * swtt - swt**2
         with np.errstate(invalid="ignore", divide="ignore"):
-            dr = np.where(det2 > 0, (h11 * g2 - h12 * g1) / det2, 0.0)
-        r2 = np.clip(r2 + np.nan_to_num(dr), 1.0 / hi, 1.0 / lo)
-    e = np.exp(-np.outer(r2, te))
-    amp = (e * yv).sum(1) / np.maximum((e * e).sum(1), 1e-30)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.linalg.norm(yv - amp[:, None] * e, axis=1) / np.linalg.norm(yv, axis=1)
+            slope = (sw * swty - swt * swy) / det
+        r2 = np.clip(np.nan_to_num(-slope, nan=1.0 / 50.0), 1.0 / hi, 1.0 / lo).astype(F32)
+        for _ in range(iterations):
+            e = np.exp(-np.outer(r2, t))
+            amp = (e * yv).sum(1) / np.maximum((e * e).sum(1), F32(1e-30))
+            resid = yv - amp[:, None] * e
+            j_a = e
+            j_r = -amp[:, None] * t[None, :] * e
+            h11, h12, h22 = (j_a * j_a).sum(1), (j_a * j_r).sum(1), (j_r * j_r).sum(1)
+            g1, g2 = (j_a * resid).sum(1), (j_r * resid).sum(1)
+            det2 = h11 * h22 - h12**2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dr = np.where(det2 > 0, (h11 * g2 - h12 * g1) / det2, 0.0)
+            r2 = np.clip(r2 + np.nan_to_num(dr), 1.0 / hi, 1.0 / lo).astype(F32)
+        e = np.exp(-np.outer(r2, t))
+        amp = (e * yv).sum(1) / np.maximum((e * e).sum(1), F32(1e-30))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.linalg.norm(yv - amp[:, None] * e, axis=1) / np.linalg.norm(yv, axis=1)
+        out[0, sl], out[1, sl], out[2, sl] = r2, amp, rel
+
+    _run_chunks(y_m.shape[0], chunk_voxels, n_threads, work)
+    r2, amp, rel = out
 
     def fill(values: NDArray[np.float64]) -> NDArray[np.float32]:
         full = np.full(spatial, np.nan, dtype=F32)

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "DB_CONNECT_TIMEOUT_S": 5,
     # pipeline (issue 4): seconds identifiable originals stay in quarantine after verification
     "QUARANTINE_RETENTION_S": 0,
+    "DEIDENTIFY_WORKERS": 0,  # processes de-identifying one upload; 0 = one per CPU (issue 3)
     "PIPELINE_FIT": True,
     "PIPELINE_SEGMENT": True,
     "DEMO_COHORT": "synthetic",  # synthetic | fast | none
@@ -54,6 +55,13 @@ DEFAULTS: dict[str, Any] = {
     "SMTP_HOST": None,
     "SMTP_PORT": 25,
     "MAIL_FROM": "myovault@localhost",
+    "SMTP_STARTTLS": False,  # upgrade the connection with STARTTLS (required if SMTP_USERNAME)
+    "SMTP_USERNAME": None,
+    "SMTP_PASSWORD": None,
+    "SMTP_TIMEOUT_S": 10,
+    "SMTP_CA_FILE": None,  # extra CA for the relay's certificate (always verified)
+    # periodic jobs (issue 7): Celery beat (`myovault beat`) or the embedded scheduler
+    "ACCESS_REMINDERS_INTERVAL_S": 24 * 3600,
     "ADMIN_EMAIL": None,  # shown to harvesters (OAI-PMH Identify)
     # DataCite DOI minting (issue 8); without it, snapshots get local persistent identifiers
     "DATACITE_API_URL": None,

@@ -7,13 +7,31 @@ filesystem queue under the data directory, consumed by the local worker process 
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
+from celery.schedules import schedule as every
 from flask import Flask
 
 from repository.config import is_embedded_broker
+
+log = logging.getLogger(__name__)
+
+#: Periodic work: Celery beat entry name -> (task name, config key of its interval in seconds).
+#: Production runs ``myovault beat`` (one process); the embedded mode runs
+#: :class:`EmbeddedScheduler` inside ``myovault serve``. Both go through :func:`enqueue_periodic`,
+#: whose job key is the interval slot, so a second scheduler (or a restart) never runs a slot
+#: twice.
+PERIODIC: dict[str, tuple[str, str]] = {
+    "access-reminders": ("myovault.periodic.access_reminders", "ACCESS_REMINDERS_INTERVAL_S"),
+}
+#: Job kind enqueued by each periodic task.
+PERIODIC_JOBS = {"myovault.periodic.access_reminders": "access.reminders"}
 
 
 def broker_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -34,6 +52,96 @@ def broker_options(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def interval_s(config: Any, entry: str) -> int:
+    seconds = int(config[PERIODIC[entry][1]])
+    if seconds < 1:
+        raise ValueError(f"{PERIODIC[entry][1]} must be at least 1 second, not {seconds}")
+    return seconds
+
+
+def beat_schedule(config: Any) -> dict[str, dict[str, Any]]:
+    """The Celery beat schedule: every :data:`PERIODIC` entry at its configured interval."""
+    return {
+        name: {"task": task, "schedule": every(timedelta(seconds=interval_s(config, name)))}
+        for name, (task, _) in PERIODIC.items()
+    }
+
+
+def enqueue_periodic(app: Flask, entry: str, now: datetime | None = None) -> int | None:
+    """Queue the job of a periodic entry for the interval slot containing ``now``.
+
+    Returns the new job's id, or ``None`` when this slot's job already exists (idempotent).
+    """
+    from repository.services import jobs
+    from repository.services.context import SYSTEM
+
+    task = PERIODIC[entry][0]
+    kind = PERIODIC_JOBS[task]
+    now = now or datetime.now(UTC)
+    slot = int(now.timestamp()) // interval_s(app.config, entry)
+    ext = app.extensions["myovault"]
+    with ext.db.transaction() as session:
+        queued = jobs.enqueue(
+            session, SYSTEM, ext.dispatch, kind=kind, key=f"periodic:{entry}:{slot}"
+        )
+        return queued.job.id if queued.created else None
+
+
+class EmbeddedScheduler:
+    """Celery beat for the embedded mode: a daemon thread in ``myovault serve``.
+
+    Each :data:`PERIODIC` entry is due at start and then once per interval; a due entry goes
+    through :func:`enqueue_periodic` (the local worker then runs the job). ``clock`` and
+    ``poll_s`` are injectable so tests need not wait a day.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        poll_s: float | None = None,
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        #: how often the thread wakes up: a minute, or the shortest interval if shorter
+        self.poll_s = poll_s or min(60.0, *(interval_s(app.config, e) for e in PERIODIC))
+        self.next_due: dict[str, datetime] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[int]:
+        """Enqueue every entry that is due now; return the ids of the jobs created."""
+        now, created = self.clock(), []
+        for entry in PERIODIC:
+            if now < self.next_due.get(entry, now):
+                continue
+            self.next_due[entry] = now + timedelta(seconds=interval_s(self.app.config, entry))
+            try:
+                job_id = enqueue_periodic(self.app, entry, now)
+            except Exception:  # a database hiccup must not kill the scheduler thread
+                log.exception("periodic entry %s could not be queued", entry)
+                self.next_due[entry] = now + timedelta(seconds=self.poll_s)
+                continue
+            if job_id is not None:
+                created.append(job_id)
+        return created
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.poll_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="myovault-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
 def make_celery(app: Flask) -> Celery:
     """A Celery app whose tasks run inside ``app``'s context (Flask's Celery pattern)."""
 
@@ -50,6 +158,7 @@ def make_celery(app: Flask) -> Celery:
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
+        beat_schedule=beat_schedule(app.config),
         **broker_options(app.config),
     )
 
@@ -59,6 +168,11 @@ def make_celery(app: Flask) -> Celery:
 
         ext = app.extensions["myovault"]
         return jobs.run(ext.db, job_id, ext.services()).value
+
+    @celery.task(name="myovault.periodic.access_reminders", shared=False)
+    def access_reminders() -> int | None:
+        """Sent by beat: queue today's reminder job (its handler does the work)."""
+        return enqueue_periodic(app, "access-reminders")
 
     app.extensions["myovault.celery"] = celery
     return celery

@@ -213,11 +213,13 @@ def train_model(
     config: TrainConfig,
     log: Log = print,
     on_round: Callable[[UNet2D, list[dict[str, Any]]], None] | None = None,
+    extra_slices: Sequence[tuple[NDArray[np.float32], NDArray[np.uint8]]] = (),
 ) -> tuple[UNet2D, list[dict[str, Any]]]:
     """Train from scratch; return the network (eval mode) and the per-round history.
 
     ``on_round(model, history)`` is called after every round (e.g. to checkpoint); it must not
-    change the model.
+    change the model. ``extra_slices`` are real ``(images, labels)`` slice stacks (e.g. user-
+    corrected cases, :mod:`qmri.segmentation.corrections`) that join the pool from the start.
     """
     if not train_sources:
         raise ValueError("no training label maps")
@@ -248,6 +250,9 @@ def train_model(
             val_set.append((sev, img, lab))
     pool_images: list[NDArray[np.float32]] = []
     pool_labels: list[NDArray[np.uint8]] = []
+    for images, labels in extra_slices:
+        pool_images.extend(images)
+        pool_labels.extend(labels)
     history: list[dict[str, Any]] = []
     step = 0
     start = time.monotonic()
@@ -347,31 +352,45 @@ def train_from_labels_dir(
     name: str = "thigh-unet-v1",
     version: str = "1.0.0",
     log: Log = print,
+    corrections_dirs: Sequence[Path] = (),
 ) -> Path:
     """Train on the train part of the subject split of ``labels_dir`` and save the model.
 
     ``labels_dir`` is the folder of real thigh label maps (``../shared/data/labels/
     thigh_11_muscles`` beside the checkout); only its ``train`` subjects are used for training,
     its ``val`` subjects for the per-round validation score, never its ``test`` subjects.
+    ``corrections_dirs`` are exported user-corrected cases (real images with corrected labels,
+    ``myovault segment-corrections export``) added to the training pool.
     """
+    from qmri.segmentation.corrections import correction_slices, load_corrections_dir
+
     cfg = config or TrainConfig()
     parts = split_files(Path(labels_dir))
     train_sources = _sources(parts["train"])
     val_sources = _sources(parts["val"])
-    log(f"training on {len(train_sources)} label maps, validating on {len(val_sources)}")
+    corrections = [case for d in corrections_dirs for case in load_corrections_dir(Path(d))]
+    extra = [correction_slices(case, cfg.pixel_mm) for case in corrections]
+    log(
+        f"training on {len(train_sources)} label maps + {len(corrections)} corrected cases"
+        f" ({sum(len(x[0]) for x in extra)} slices), validating on {len(val_sources)}"
+    )
     data = {
         "label_maps": "thigh_11_muscles (Apache-2.0), read from --labels-dir, not shipped",
         "train_files": [p.name for p in parts["train"]],
         "val_files": [p.name for p in parts["val"]],
         "test_files": [p.name for p in parts["test"]],
     }
+    if corrections:
+        data["corrected_cases"] = [case.name for case in corrections]
 
     def checkpoint(model: UNet2D, history: list[dict[str, Any]]) -> None:
         save_model(
             model, out_dir, name=name, version=version, config=cfg, history=history, data=data
         )
 
-    model, history = train_model(train_sources, val_sources, cfg, log, on_round=checkpoint)
+    model, history = train_model(
+        train_sources, val_sources, cfg, log, on_round=checkpoint, extra_slices=extra
+    )
     return save_model(
         model, out_dir, name=name, version=version, config=cfg, history=history, data=data
     )

@@ -37,6 +37,7 @@ def _authenticate() -> None:
 # Route modules register themselves on api_bp when imported.
 from repository.api import (  # noqa: E402
     consent,  # noqa: F401  (consent, access, grants; issue 7)
+    labels,  # noqa: F401  (label versions, corrected-label upload; issues 6 and 9)
     search,  # noqa: F401  (search, snapshots, metadata; issue 8)
     uploads,  # noqa: F401  (upload routes, issue 4)
     views,  # noqa: F401  (foundation routes)

@@ -167,7 +167,9 @@ def import_consents(slug: str) -> tuple[Response, int]:
         text = request.get_data(cache=False).decode("utf-8")
     except UnicodeDecodeError:
         raise ValidationError("the table must be UTF-8 text") from None
-    result = consent_service.import_table(db(), actor(), project, text)
+    result = consent_service.import_table(
+        db(), actor(), project, text, unwrap=ext().unwrap_project_secret
+    )
     if not result.ok:
         db().rollback()
         return jsonify(
@@ -176,7 +178,78 @@ def import_consents(slug: str) -> tuple[Response, int]:
             rows=[{"line": e.line, "problems": list(e.problems)} for e in result.errors],
         ), 422
     db().commit()
-    return jsonify(imported=result.created), 201
+    return jsonify(imported=result.created, registered=result.registered), 201
+
+
+@api_bp.post("/projects/<slug>/participants")
+def register_participant(slug: str) -> tuple[Response, int]:
+    """Register a participant not uploaded yet, by the site's own participant id.
+    ---
+    post:
+      summary: Get (or create) the pseudonymous subject of a site participant.
+      description: >
+        The participant id is used once to compute the keyed pseudonym the de-identification
+        will give the participant's images (project secret, project, site, id); it is never
+        stored or returned. With consent fields (as for POST consents) a consent version is
+        recorded as well.
+      security: [{bearer: []}]
+      parameters: [{name: slug, in: path, required: true, schema: {type: string}}]
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [participant_id]
+              properties:
+                participant_id: {type: string, maxLength: 64}
+                site: {type: string, description: site code (default the caller's own site)}
+                consent: {type: object, description: optional consent fields (no pseudonym)}
+      responses:
+        201: {description: Subject created.}
+        200: {description: The participant was already registered (or uploaded).}
+        403: {description: Not allowed (or another site than the caller's).}
+        404: {description: No such project.}
+        409: {description: The participant was erased.}
+        422: {description: Invalid fields (all problems listed).}
+    """
+    project = _project(slug, "project.manage_consent")
+    body = json_body()
+    unwrap = ext().unwrap_project_secret
+    consent_fields = body.get("consent")
+    if consent_fields is not None and not isinstance(consent_fields, dict):
+        raise ValidationError("consent must be an object of consent fields")
+    result: dict[str, Any]
+    if consent_fields:
+        registration, row = consent_service.register_with_consent(
+            db(),
+            actor(),
+            project,
+            {
+                **consent_fields,
+                "participant_id": body.get("participant_id", ""),
+                "site": body.get("site", ""),
+            },
+            unwrap=unwrap,
+            source="api",
+        )
+        result = {"consent": consent_json(row)}
+    else:
+        registration = consent_service.register_participant(
+            db(),
+            actor(),
+            project,
+            participant_id=str(body.get("participant_id") or ""),
+            site_code=str(body.get("site") or ""),
+            unwrap=unwrap,
+        )
+        result = {}
+    result = {
+        "pseudonym": registration.subject.pseudonym,
+        "created": registration.created,
+        **result,
+    }
+    db().commit()
+    return jsonify(result), 201 if registration.created else 200
 
 
 @api_bp.get("/projects/<slug>/subjects/<pseudonym>/consents")
@@ -462,6 +535,39 @@ def list_access_requests() -> Response:
     return jsonify(
         mine=[request_json(r, as_requester=True) for r in access.my_requests(db(), actor())],
         to_review=[request_json(r, as_requester=False) for r in access.review_queue(db(), actor())],
+    )
+
+
+@api_bp.get("/access-requests/<int:request_id>/ethics-approval")
+def get_ethics_approval(request_id: int) -> Response:
+    """The ethics approval uploaded with an access request (audited download).
+    ---
+    get:
+      summary: Download the ethics approval (requester, committee members, owners).
+      security: [{bearer: []}]
+      parameters: [{name: request_id, in: path, required: true, schema: {type: integer}}]
+      responses:
+        200:
+          description: The document as uploaded (SHA-256 in the Digest header).
+          content:
+            application/pdf: {schema: {type: string, format: binary}}
+            application/octet-stream: {schema: {type: string, format: binary}}
+        401: {description: No token.}
+        403: {description: May see the request but not its ethics approval.}
+        404: {description: No such request, not yours to see, or no approval uploaded.}
+    """
+    require_user()
+    doc, data = access.read_ethics_document(db(), actor(), request_id, ext().store)
+    db().commit()  # the download is audited
+    return Response(
+        data,
+        mimetype=doc.content_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{doc.filename}"',
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+            "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(doc.object.sha256)).decode(),
+        },
     )
 
 

@@ -60,6 +60,10 @@ def search_subjects() -> Response:
         - {name: combine, in: query, schema: {type: string, enum: [and, or]}}
         - {name: page, in: query, schema: {type: integer, minimum: 1}}
         - {name: per_page, in: query, schema: {type: integer, minimum: 1, maximum: 100}}
+        - name: after
+          in: query
+          description: Keyset cursor; pass the previous response's "next" to get the next page.
+          schema: {type: string}
       responses:
         200: {description: Counts, facets, heat map and (with view_data) a page of subjects.}
         422: {description: Invalid or unknown parameter.}
@@ -67,7 +71,8 @@ def search_subjects() -> Response:
     params = {k: request.args.getlist(k) for k in request.args}
     query = search.parse_query(params)
     page, per_page = search.parse_page(params)
-    result = search.search(db(), actor(), query, page=page, per_page=per_page)
+    after = search.parse_cursor(params)
+    result = search.search(db(), actor(), query, page=page, per_page=per_page, after=after)
     return jsonify(result.to_json())
 
 

@@ -14,13 +14,11 @@ import json
 from typing import Any
 
 from flask import current_app, jsonify, request
-from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from repository.api import api_bp
 from repository.api.requests import json_body, require_user
 from repository.errors import BadRequest
-from repository.models import Membership
 from repository.request_context import actor, db, ext
 from repository.services import projects, uploads
 
@@ -79,15 +77,6 @@ def create_upload(slug: str) -> tuple[Response, int]:
     source = str(body.get("source", "cli"))
     if source not in ("web", "cli"):
         raise BadRequest("source must be web or cli")
-    user = actor().user
-    assert user is not None  # noqa: S101
-    site_id = db().scalar(
-        select(Membership.site_id).where(
-            Membership.user_id == user.id,
-            Membership.project_id == project.id,
-            Membership.site_id.is_not(None),
-        )
-    )
     upload = uploads.create_upload(
         db(),
         actor(),
@@ -96,7 +85,6 @@ def create_upload(slug: str) -> tuple[Response, int]:
         max_bytes=int(current_app.config["MAX_UPLOAD_BYTES"]),
         source=source,
         label=str(body.get("label", "")),
-        site_id=site_id,
     )
     db().commit()
     # the quarantine data key exists before any chunk arrives: chunk requests then only read

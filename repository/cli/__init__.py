@@ -60,6 +60,7 @@ FEATURE_COMMANDS = {
     "fit": "repository.cli.fit:fit",
     "segment": "repository.cli.segment:segment",
     "train-segmentation": "repository.cli.segment:train_segmentation",
+    "segment-corrections": "repository.cli.segment:segment_corrections",
     "access-reminders": "repository.cli.consent:access_reminders",
     "upload": "repository.cli.ingest:upload",
     "ingest": "repository.cli.ingest:ingest",
@@ -181,19 +182,24 @@ def serve(host: str, port: int, threads: int) -> None:
     import waitress
 
     from repository.config import is_embedded_broker
+    from repository.worker import EmbeddedScheduler
 
     with _app() as app:
-        worker = None
+        worker = scheduler = None
         if app.config["EMBEDDED_WORKER"] and is_embedded_broker(app.config):
             worker = subprocess.Popen(  # noqa: S603
                 [sys.executable, "-m", "repository.cli", "worker", "--concurrency", "1"],
                 env={**os.environ, "MYOVAULT_HOME": app.config["HOME"]},
             )
             click.echo(f"embedded worker started (pid {worker.pid})")
+            scheduler = EmbeddedScheduler(app)  # periodic jobs (Celery beat's role)
+            scheduler.start()
         click.echo(f"MyoVault portal on http://{host}:{port}/")
         try:
             waitress.serve(app, host=host, port=port, threads=threads, ident="MyoVault")
         finally:
+            if scheduler is not None:
+                scheduler.stop()
             if worker is not None:
                 worker.send_signal(signal.SIGTERM)
                 worker.wait(timeout=30)
@@ -219,6 +225,23 @@ def worker(concurrency: int, loglevel: str) -> None:
                 "--without-mingle",
             ]
         )
+
+
+@main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option(
+    "--schedule-file",
+    default=None,
+    help="where beat keeps its last-run times (default: a file in the temporary directory)",
+)
+def beat(loglevel: str, schedule_file: str | None) -> None:
+    """Run Celery beat: sends the periodic jobs (access reminders) to the workers. Run one."""
+    import tempfile
+
+    with _app() as app:
+        celery = app.extensions["myovault.celery"]
+        schedule = schedule_file or str(Path(tempfile.gettempdir()) / "myovault-beat-schedule")
+        celery.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
 
 
 # --- audit ---------------------------------------------------------------------------------

@@ -108,6 +108,11 @@ def t2_command(
     default=None,
     help="Fit R2* (default: when there are >= 3 echoes).",
 )
+@click.option(
+    "--allow-ill-conditioned",
+    is_flag=True,
+    help="Write FF/water/fat even when the echo times cannot separate water from fat.",
+)
 def dixon_command(
     image: Path,
     out_dir: Path,
@@ -115,17 +120,23 @@ def dixon_command(
     phase_range: tuple[float, float] | None,
     phase_convention: str,
     fit_r2star: bool | None,
+    allow_ill_conditioned: bool,
 ) -> None:
     """FF (%), water, fat, B0 (Hz), R2* (1/s) from a MEGRE (complex parts) or vendor Dixon.
 
     IMAGE is the MEGRE magnitude (or any of its _part-real/_part-imag/_part-phase files), or a
     _part-water_DIXON / _part-fat_DIXON image.
+
+    Echo times that cannot separate water from fat (e.g. a dual-echo B0-mapping protocol with
+    fat nearly in phase at both echoes) give only the B0 and residual maps and exit status 2,
+    unless --allow-ill-conditioned is given.
     """
     options = DixonOptions(
         field_strength_t=field_strength_t,
         phase_range=phase_range,
         phase_convention=phase_convention,  # type: ignore[arg-type]
         fit_r2star=fit_r2star,
+        allow_ill_conditioned=allow_ill_conditioned,
     )
     try:
         paths = run_dixon_fit(
@@ -135,3 +146,6 @@ def dixon_command(
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     _report(paths)
+    if not any(p.name.endswith("_FF.nii.gz") for p in paths):
+        click.echo("refused: no fat-fraction map for these echo times (see warning)", err=True)
+        sys.exit(2)

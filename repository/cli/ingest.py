@@ -333,10 +333,19 @@ def dicom_receiver(
         click.echo(f"listening as {ae_title} on {bound[0]}:{bound[1]} for {', '.join(table)}")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # uploads left open by an earlier run (crash, restart mid-association): the mapping
+        # study → upload is persisted, so new instances continue them; quiet ones complete
+        resumed = bridge.complete_stale(quiet_seconds)
+        if resumed:
+            click.echo(f"completed {len(resumed)} quiet upload(s) left open by an earlier run")
         try:
+            ticks = 0
             while not stop.wait(1.0):
-                pass
+                ticks += 1
+                if ticks % max(int(quiet_seconds), 5) == 0:
+                    bridge.complete_stale(quiet_seconds)
         except KeyboardInterrupt:
             pass
         finally:
-            receiver.stop()
+            # no flush: a study still arriving stays open and continues after a restart
+            receiver.stop(flush=False)

@@ -13,7 +13,7 @@ import click
 import nibabel as nib
 import numpy as np
 
-__all__ = ["segment", "train_segmentation"]
+__all__ = ["segment", "segment_corrections", "train_segmentation"]
 
 
 def _sha256(path: Path) -> str:
@@ -175,6 +175,13 @@ def _version() -> str:
 @click.option("--steps-per-round", type=int, default=None, help="Steps per round.")
 @click.option("--name", default="thigh-unet-v1", show_default=True)
 @click.option("--model-version", default="1.0.0", show_default=True)
+@click.option(
+    "--corrections-dir",
+    "corrections_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="User-corrected cases (`myovault segment-corrections export`) added to training.",
+)
 def train_segmentation(
     labels_dir: Path,
     out_dir: Path,
@@ -183,6 +190,7 @@ def train_segmentation(
     steps_per_round: int | None,
     name: str,
     model_version: str,
+    corrections_dirs: tuple[Path, ...],
 ) -> None:
     """Train the thigh U-Net on synthetic phantoms made from real label maps (CPU, seeded)."""
     from qmri.segmentation import SegmentationError
@@ -201,8 +209,78 @@ def train_segmentation(
         )
     try:
         path = train_from_labels_dir(
-            labels_dir, out_dir, config=config, name=name, version=model_version, log=click.echo
+            labels_dir,
+            out_dir,
+            config=config,
+            name=name,
+            version=model_version,
+            log=click.echo,
+            corrections_dirs=corrections_dirs,
         )
     except SegmentationError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {path}")
+
+
+@click.group("segment-corrections")
+def segment_corrections() -> None:
+    """Corrected segmentations collected for fine-tuning the model."""
+
+
+@segment_corrections.command("list")
+@click.option("--project", "project_slug", default=None, help="Only this project (slug).")
+def list_corrections(project_slug: str | None) -> None:
+    """List the corrected cases that may be used for training (consent current, not erased)."""
+    from repository.cli import _app
+    from repository.errors import MyoVaultError
+    from repository.services.labels import corrected_cases
+
+    with _app() as app, app.extensions["myovault"].db.transaction() as session:
+        try:
+            cases = corrected_cases(session, project_slug=project_slug)
+        except MyoVaultError as exc:
+            raise click.ClickException(exc.message) from exc
+        for case in cases:
+            click.echo(
+                f"case {case.id}: labels v{case.version} (derivative {case.labels_derivative_id})"
+                f" from v{case.previous_version}, {case.voxels_changed} voxels changed,"
+                f" base model {case.base_model_version or '?'}, by user {case.created_by_id}"
+                f" at {case.created_at:%Y-%m-%d %H:%M} UTC"
+            )
+        click.echo(f"{len(cases)} corrected case(s)")
+
+
+@segment_corrections.command("export")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--project", "project_slug", default=None, help="Only this project (slug).")
+def export_corrections(out_dir: Path, project_slug: str | None) -> None:
+    """Write corrected cases (image + labels NIfTI + provenance JSON) into OUT_DIR.
+
+    OUT_DIR is what `myovault train-segmentation --corrections-dir OUT_DIR` reads. Only subjects
+    with a current consent who were not erased are exported; the export is audited.
+    """
+    from repository.cli import _app
+    from repository.errors import MyoVaultError
+    from repository.services import audit
+    from repository.services.context import SYSTEM
+    from repository.services.labels import export_corrections as export
+
+    with _app() as app:
+        ext = app.extensions["myovault"]
+        with ext.db.transaction() as session:
+            try:
+                records = export(session, ext.store, out_dir, project_slug=project_slug)
+            except MyoVaultError as exc:
+                raise click.ClickException(exc.message) from exc
+            audit.record(
+                session,
+                SYSTEM,
+                "labels.export_corrections",
+                object_type="corrected_cases",
+                details={
+                    "cases": [r["case_id"] for r in records],
+                    "project": project_slug,
+                    "out_dir": str(out_dir),
+                },
+            )
+    click.echo(f"exported {len(records)} corrected case(s) to {out_dir}")

@@ -25,10 +25,15 @@ from repository.models.imaging import (
 )
 from repository.models.jobs import Job, JobStatus
 from repository.models.keys import SubjectKey
+from repository.models.labels import CorrectedCase
 from repository.models.projects import Membership, Project, Role, Site
+from repository.models.search_index import SearchProfile, SearchSubject, search_visit_ff
 from repository.models.uploads import FileState, Upload, UploadChunk, UploadFile, UploadState
 
 __all__ = [
+    "SearchProfile",
+    "SearchSubject",
+    "search_visit_ff",
     "Vote",
     "Notification",
     "DownloadLink",
@@ -38,6 +43,7 @@ __all__ = [
     "ApiToken",
     "AuditEvent",
     "CohortSnapshot",
+    "CorrectedCase",
     "Consent",
     "Decision",
     "Derivative",

@@ -60,6 +60,8 @@ POLICY: dict[str, frozenset[Need]] = {
     "project.erase_subject": frozenset({N.OWNER}),
     "project.request_access": frozenset({N.AUTHENTICATED}),
     "project.decide_requests": frozenset({N.DAC_MEMBER}),
+    # the ethics approval of an access request (its requester may always see it)
+    "project.view_ethics_approval": frozenset({N.DAC_MEMBER, N.OWNER}),
     "project.manage_dac": frozenset({N.OWNER}),
     "project.manage_grants": frozenset({N.OWNER, N.DAC_MEMBER, N.ADMIN}),
     "project.view_processing_record": frozenset({N.OWNER, N.ADMIN}),

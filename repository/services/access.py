@@ -38,6 +38,7 @@ from repository.models import (
     StoredObject,
     Subject,
     User,
+    Visit,
     Vote,
 )
 from repository.models._types import utcnow
@@ -62,6 +63,9 @@ WITHDRAWN = "consent withdrawn"
 EXPIRED = "consent expired"
 ERASED = "participant data erased"
 UNREADABLE = "consent terms not understood"
+#: Registered with consent before their images were uploaded: nothing to share yet, so they are
+#: not part of a cohort (a grant never covers data that arrive after the committee decided).
+NO_DATA = "no data uploaded yet"
 
 
 def suppress(n: int) -> int | str:
@@ -192,6 +196,13 @@ def evaluate(
     if restrict_to is not None:
         stmt = stmt.where(Subject.id.in_(list(restrict_to)))
     subjects = session.scalars(stmt.order_by(Subject.id)).all()
+    with_data = set(
+        session.scalars(
+            select(Visit.subject_id)
+            .where(Visit.subject_id.in_([s.id for s in subjects]))
+            .distinct()
+        )
+    )
     latest = (
         select(Consent.subject_id, func.max(Consent.version).label("v"))
         .group_by(Consent.subject_id)
@@ -213,6 +224,9 @@ def evaluate(
     for subject in subjects:
         if subject.erased_at is not None:
             reasons[ERASED] += 1
+            continue
+        if subject.id not in with_data:
+            reasons[NO_DATA] += 1
             continue
         consent = consents.get(subject.id)
         status = consent_status(consent, today)
@@ -420,6 +434,55 @@ def get_request(session: Session, actor: Actor, request_id: int) -> AccessReques
     if project is None or not _may_see(session, actor, req, project):
         raise NotFound("no such access request")
     return req
+
+
+@dataclass(frozen=True)
+class EthicsDocument:
+    request_id: int
+    object: StoredObject
+    content_type: str  # application/pdf when the bytes are a PDF, else octet-stream
+
+    @property
+    def filename(self) -> str:
+        ext = ".pdf" if self.content_type == "application/pdf" else ".bin"
+        return f"ethics-approval-request-{self.request_id}{ext}"
+
+
+def ethics_document(session: Session, actor: Actor, request_id: int) -> EthicsDocument:
+    """The ethics approval uploaded with a request: for its requester, the project's DAC members
+    and owners only. Others who may see the request get 403; anyone else 404 (as for the
+    request itself), and a request without an approval answers 404."""
+    req = get_request(session, actor, request_id)
+    project = session.get(Project, req.project_id)
+    assert project is not None  # noqa: S101
+    is_requester = actor.user is not None and actor.user.id == req.requester_id
+    if not is_requester and not policy.can(session, actor, "project.view_ethics_approval", project):
+        raise Forbidden("only the requester, the committee and the owners see the ethics approval")
+    obj = session.get(StoredObject, req.ethics_object_id) if req.ethics_object_id else None
+    if obj is None or obj.deleted_at is not None:
+        raise NotFound("this request has no ethics approval")
+    return EthicsDocument(req.id, obj, "application/octet-stream")
+
+
+def read_ethics_document(
+    session: Session, actor: Actor, request_id: int, store: Any
+) -> tuple[EthicsDocument, bytes]:
+    """The approval's bytes (checked against their SHA-256); the read is audited."""
+    doc = ethics_document(session, actor, request_id)
+    data = bytes(store.read_bytes(doc.object.key, expected_sha256=doc.object.sha256))
+    kind = "application/pdf" if data.startswith(b"%PDF-") else "application/octet-stream"
+    req = session.get(AccessRequest, request_id)
+    assert req is not None  # noqa: S101
+    audit.record(
+        session,
+        actor,
+        "access.ethics_download",
+        object_type="access_request",
+        object_id=request_id,
+        project_id=req.project_id,
+        details={"sha256": doc.object.sha256, "size": doc.object.size},
+    )
+    return EthicsDocument(doc.request_id, doc.object, kind), data
 
 
 def my_requests(session: Session, actor: Actor) -> list[AccessRequest]:

@@ -122,8 +122,8 @@ def datacite_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
                 "nameType": "Organizational" if not contact.get("name") else "Personal",
             }
         ],
-        "publisher": PUBLISHER,
-        "publicationYear": int(record["created"][:4]),
+        "publisher": {"name": PUBLISHER},  # the object form of schema 4.5+
+        "publicationYear": record["created"][:4],
         "types": {
             "resourceTypeGeneral": "Dataset",
             "resourceType": record.get("resource_type", "Cohort"),
@@ -166,6 +166,9 @@ def datacite_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
+_SUBJECT_XML_ATTRS = {"subjectScheme": "subjectScheme", "valueUri": "valueURI"}
+
+
 def _orpha_uri(code: str) -> str:
     return "https://www.orpha.net/en/disease/detail/" + code.split(":", 1)[1]
 
@@ -193,13 +196,14 @@ def datacite_xml(record: Mapping[str, Any], identifier: str, identifier_type: st
     titles = el(root, "titles")
     for t in attrs["titles"]:
         el(titles, "title", t["title"])
-    el(root, "publisher", attrs["publisher"])
-    el(root, "publicationYear", str(attrs["publicationYear"]))
+    el(root, "publisher", attrs["publisher"]["name"])
+    el(root, "publicationYear", attrs["publicationYear"])
     el(root, "resourceType", attrs["types"]["resourceType"], resourceTypeGeneral="Dataset")
     if attrs["subjects"]:
         subjects = el(root, "subjects")
         for s in attrs["subjects"]:
-            extra = {k: s[k] for k in ("subjectScheme", "valueUri") if k in s}
+            # XML attribute names differ from the JSON keys (valueURI vs valueUri)
+            extra = {xml: s[key] for key, xml in _SUBJECT_XML_ATTRS.items() if key in s}
             el(subjects, "subject", s["subject"], **extra)
     el(root, "version", attrs["version"])
     if attrs["rightsList"]:

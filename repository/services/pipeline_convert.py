@@ -226,7 +226,7 @@ def convert_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
                 details=stats,
             )
     if ctx.services["config"].get("PIPELINE_FIT", True) and any(
-        s.rsplit("_", 1)[-1] in ("MESE", "DIXON") for s in written
+        s.rsplit("_", 1)[-1] in ("MESE", "DIXON", "MEGRE") for s in written
     ):
         digest = hashlib.sha256(
             "\n".join(f"{k}:{v[0][0][0].sha256}" for k, v in sorted(written.items())).encode()

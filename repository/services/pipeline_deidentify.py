@@ -1,11 +1,21 @@
-"""Pipeline stages de-identify and verify: quarantine originals → de-identified, verified DICOM."""
+"""Pipeline stages de-identify and verify: quarantine originals → de-identified, verified DICOM.
+
+De-identification runs on all cores (a process pool) and defaces series whose field of view
+includes the head before any of their files leaves quarantine (issue 3).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import logging
+import multiprocessing
+import os
 import tempfile
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +52,23 @@ from repository.services.uploads import (
 log = logging.getLogger(__name__)
 
 
+#: uploads with fewer files than this are de-identified in this process (no pool start-up)
+MIN_FILES_FOR_POOL = 8
+
+
 @handler("pipeline.deidentify")
 def deidentify_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Unpack archives, then de-identify every received DICOM file with the project secret."""
-    from anonymizer import Deidentifier
-    from anonymizer.report import STATUS_NOT_DICOM, STATUS_WRITTEN
-    from anonymizer.series import head_hint
+    """Unpack archives, then de-identify every received DICOM file with the project secret.
+
+    Files are de-identified in a pool of worker processes (``DEIDENTIFY_WORKERS``, default one
+    per CPU); verified encodings wait in the temporary staging folder. Series whose field of
+    view may include the head are then checked as a whole and defaced in the pool
+    (:func:`anonymizer.batch.deface_staged_series`). Commits: per file, except for a defaced
+    series, whose files are committed together (none leaves quarantine before the whole series
+    is defaced); objects are stored before the rows that point to them, so a re-run after a
+    kill redoes exactly the files still ``received``.
+    """
+    from anonymizer.batch import JobConfig
 
     upload_id = int(payload["upload_id"])
     config = ctx.services["config"]
@@ -65,7 +86,7 @@ def deidentify_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]
             site_row = session.get(Site, upload.site_id)
             site = site_row.code if site_row is not None else ""
         received = _files(session, upload_id, FileState.RECEIVED)
-    deid = Deidentifier(secret, slug, site)
+    job = JobConfig(secret, slug, site)
     stats = {"deidentified": 0, "quarantined": 0, "rejected": 0}
     with tempfile.TemporaryDirectory(prefix="myovault-quarantine-") as tmp:
         staging = Path(tmp)
@@ -78,69 +99,201 @@ def deidentify_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]
                 unpack_archive(ctx, upload_id, file_id, staging, int(config["MAX_UPLOAD_BYTES"]))
         with ctx.db.transaction() as session:
             todo = _files(session, upload_id, FileState.RECEIVED)
-        for n, file_id in enumerate(todo):
-            ctx.progress(n / max(len(todo), 1), f"de-identifying file {n + 1} of {len(todo)}")
-            with ctx.db.transaction() as session:
+        outputs = staging / "deidentified"
+        outputs.mkdir()
+        workers = int(config.get("DEIDENTIFY_WORKERS") or 0) or os.cpu_count() or 1
+        run = _Run(ctx, store, project_id, outputs, stats)
+        with _executor(job, workers, len(todo)) as submit:
+            _deidentify_files(ctx, todo, staging, submit, workers, run)
+            defaced = _deface(run, submit)
+        run.commit_all(defaced)
+    with ctx.db.transaction() as session:
+        upload, _ = _load(session, upload_id)
+        upload.report = dict(upload.report) | {"deidentification": build_report(session, upload)}
+    _next(ctx, upload_id, "verify", (FileState.DEIDENTIFIED,))
+    return stats
+
+
+Submit = Callable[..., "Future[Any]"]
+
+
+@contextmanager
+def _executor(job: Any, workers: int, count: int) -> Iterator[Submit]:
+    """``submit(fn, arg)`` to a pool of ``workers`` processes, or run in this process.
+
+    The pool uses the *forkserver* start method: the worker processes are not forks of this
+    (possibly multi-threaded) process, and the forkserver has the anonymizer pre-imported.
+    Small uploads, one worker, or a daemonic process (which may not have children) run here.
+    """
+    from anonymizer.batch import init_worker, release_worker
+
+    daemonic = multiprocessing.current_process().daemon  # e.g. a prefork pool child: no pool
+    if workers <= 1 or count < MIN_FILES_FOR_POOL or daemonic:
+        init_worker(job)
+
+        def run_here(fn: Callable[[Any], Any], arg: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_result(fn(arg))
+            return future
+
+        try:
+            yield run_here
+        finally:
+            release_worker()
+        return
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["anonymizer.batch"])
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=init_worker, initargs=(job,)
+    ) as pool:
+        yield pool.submit
+
+
+class _Run:
+    """Results of one de-identification run, committed per file (or per defaced series)."""
+
+    def __init__(
+        self, ctx: JobContext, store: Any, project_id: int, outputs: Path, stats: dict[str, int]
+    ) -> None:
+        self.ctx, self.store, self.project_id = ctx, store, project_id
+        self.outputs, self.stats = outputs, stats
+        #: file id → (result, geometry) of verified files waiting for the series check
+        self.pending: dict[int, tuple[Any, Any]] = {}
+
+    def take(self, file_id: int, result: Any, info: Any) -> None:
+        """A worker's result: written files wait for the series check; others commit now."""
+        from anonymizer.report import STATUS_WRITTEN
+
+        if result.status == STATUS_WRITTEN:
+            self.pending[file_id] = (result, info)
+        else:
+            self.commit([(file_id, result)])
+
+    def commit_all(self, defaced: dict[str, list[int]]) -> None:
+        """Commit the verified files: each defaced series at once, every other file alone."""
+        self.ctx.progress(0.95, f"storing {len(self.pending)} de-identified files")
+        done: set[int] = set()
+        for members in defaced.values():
+            self.commit([(i, self.pending[i][0]) for i in members if i in self.pending])
+            done.update(members)
+        for file_id, (result, _) in sorted(self.pending.items()):
+            if file_id not in done:
+                self.commit([(file_id, result)])
+        self.pending.clear()
+
+    def commit(self, entries: list[tuple[int, Any]]) -> None:
+        """Store the encodings, then record every entry's outcome in one transaction."""
+        from anonymizer.batch import staged_path
+        from anonymizer.report import STATUS_NOT_DICOM, STATUS_WRITTEN
+
+        for _, result in entries:
+            if result.status == STATUS_WRITTEN:
+                # create the subject's data key before the write transaction (SQLite snapshots)
+                self.store.keyring.data_key(result.subject, create=True)
+        with self.ctx.db.transaction() as session:
+            for file_id, result in entries:
                 item = session.get(UploadFile, file_id)
                 assert item is not None  # noqa: S101
                 if item.state != FileState.RECEIVED:
-                    continue  # done by an earlier (interrupted) run
-                path = _stage_file(ctx, session, item, staging)
-                source = item.path
-            try:
-                result = deid.deidentify_file(path, source)
-            finally:
-                path.unlink(missing_ok=True)
-            if (
-                result.status == STATUS_WRITTEN
-                and result.dataset is not None
-                and head_hint(result.dataset)
-            ):
-                result.status, result.reason = "quarantined", "deface-required"
-                result.detail = (
-                    "head images need series-level defacing: use `myovault anonymize`"
-                    " on the series, then upload its output"
-                )
-            if result.status == STATUS_WRITTEN:
-                # create the subject's data key before the write transaction (SQLite snapshots)
-                store.keyring.data_key(result.subject, create=True)
-            with ctx.db.transaction() as session:
-                item = session.get(UploadFile, file_id)
-                assert item is not None  # noqa: S101
+                    continue  # done by an earlier run
                 result.dataset = None
                 item.deid_result = result.to_dict() | {"source": ""}
-                if result.status == STATUS_WRITTEN and result.encoded is not None:
-                    _store_deidentified(session, store, project_id, item, result)
-                    stats["deidentified"] += 1
+                if result.status == STATUS_WRITTEN:
+                    result.encoded = staged_path(self.outputs, file_id).read_bytes()
+                    _store_deidentified(session, self.store, self.project_id, item, result)
+                    result.encoded = None
+                    self.stats["deidentified"] += 1
                 elif result.status == STATUS_NOT_DICOM:
                     item.state, item.reason, item.detail = (
                         FileState.REJECTED,
                         "not_dicom",
                         result.detail,
                     )
-                    delete_bytes(session, store, item)
-                    stats["rejected"] += 1
+                    delete_bytes(session, self.store, item)
+                    self.stats["rejected"] += 1
                 else:
                     item.state, item.reason = FileState.QUARANTINED, result.reason[:64]
                     item.detail = result.detail + (
                         f" (findings: {', '.join(result.findings[:5])})" if result.findings else ""
                     )
-                    stats["quarantined"] += 1
-                result.encoded = None
+                    self.stats["quarantined"] += 1
                 audit.record(
                     session,
                     SYSTEM,
                     "upload.deidentify",
                     object_type="upload_file",
                     object_id=item.id,
-                    project_id=project_id,
+                    project_id=self.project_id,
                     details={"state": item.state.value, "reason": item.reason},
                 )
-    with ctx.db.transaction() as session:
-        upload, _ = _load(session, upload_id)
-        upload.report = dict(upload.report) | {"deidentification": build_report(session, upload)}
-    _next(ctx, upload_id, "verify", (FileState.DEIDENTIFIED,))
-    return stats
+
+
+def _deidentify_files(
+    ctx: JobContext, todo: list[int], staging: Path, submit: Submit, workers: int, run: _Run
+) -> None:
+    """Stage each original (decrypted), de-identify it in the pool, collect in order.
+
+    At most a few files per worker are staged ahead, so identifiable copies on disk stay few
+    and the decryption here overlaps the de-identification in the workers.
+    """
+    from anonymizer.batch import process_file
+
+    window: deque[tuple[int, Path, Future[Any]]] = deque()
+
+    def collect() -> None:
+        file_id, path, future = window.popleft()
+        try:
+            _, result, info = future.result()
+        finally:
+            path.unlink(missing_ok=True)
+        run.take(file_id, result, info)
+
+    for n, file_id in enumerate(todo):
+        ctx.progress(n / max(len(todo), 1), f"de-identifying file {n + 1} of {len(todo)}")
+        with ctx.db.transaction() as session:
+            item = session.get(UploadFile, file_id)
+            assert item is not None  # noqa: S101
+            if item.state != FileState.RECEIVED:
+                continue  # done by an earlier (interrupted) run
+            path = _stage_file(ctx, session, item, staging)
+            source = item.path
+        task = (file_id, str(path), source, str(run.outputs))
+        window.append((file_id, path, submit(process_file, task)))
+        while len(window) > 2 * workers:
+            collect()
+    while window:
+        collect()
+
+
+def _deface(run: _Run, submit: Submit) -> dict[str, list[int]]:
+    """Check every series that may include the head, in the pool; deface it or quarantine it.
+
+    Returns the defaced series (new Series Instance UID → file ids).
+    """
+    from anonymizer.batch import deface_staged_series, needs_series_check
+    from anonymizer.report import STATUS_QUARANTINED, FileResult
+
+    by_series: dict[str, dict[int, Any]] = defaultdict(dict)
+    for file_id, (_, info) in run.pending.items():
+        if info is not None:
+            by_series[info.series_uid][file_id] = info
+    checks = {
+        uid: submit(deface_staged_series, (series, str(run.outputs)))
+        for uid, series in by_series.items()
+        if needs_series_check(series)
+    }
+    defaced: dict[str, list[int]] = {}
+    for uid, future in checks.items():
+        changed, quarantine = future.result()
+        for file_id in changed:
+            run.pending[file_id][0].pixel_actions.append("deface")
+        if changed:
+            defaced[uid] = sorted(by_series[uid])
+        for file_id, reason in quarantine.items():
+            old = run.pending.pop(file_id)[0]
+            result = FileResult(old.source, STATUS_QUARANTINED, "deface-impossible", reason)
+            run.commit([(file_id, result)])
+    return defaced
 
 
 def _head(store: Any, session: Session, item: UploadFile) -> list[bytes]:

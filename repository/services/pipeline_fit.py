@@ -1,4 +1,14 @@
-"""Pipeline stage fit: ORMIR-MIDS MESE / Dixon series → qMRI maps (water T2, FF, B1)."""
+"""Pipeline stage fit: ORMIR-MIDS MESE / Dixon / MEGRE series → qMRI maps.
+
+* MESE → water T2, B1, FF, residual, mono-exponential T2 (``qmri.run.run_t2_fit``);
+* vendor Dixon (water + fat images) → FF;
+* complex multi-echo gradient echo (MEGRE: real + imaginary or magnitude + phase parts, which the
+  converter stores as separate series) → FF, water, fat, B0, R2* (>= 3 echoes), residual
+  (``qmri.run.run_dixon_fit``). The parts of one acquisition are fitted once, the maps are
+  attached to its magnitude series (else its real-part series). Echo times that cannot separate
+  water from fat (e.g. a dual-echo B0-mapping protocol) give a B0 map only, and the job result
+  says why (``warnings``).
+"""
 
 from __future__ import annotations
 
@@ -31,17 +41,73 @@ from repository.services.pipeline import (
 
 log = logging.getLogger(__name__)
 
+#: contrasts of the parts of a complex multi-echo gradient echo (``pipeline_convert._contrast``
+#: of the classifier's parts magnitude, real, imaginary, phase)
+MEGRE_CONTRASTS = ("MEGRE", "MEGRE_REAL", "MEGRE_IMAGINARY", "MEGRE_PHASE")
+#: every contrast this stage reads (the MEGRE parts are grouped into one fit per acquisition)
+FITTED_CONTRASTS = (*FIT_CONTRASTS, *MEGRE_CONTRASTS)
+
+
+def _acquisition_stem(mids_path: str) -> str:
+    """``…/sub-1_ses-1_part-real_MEGRE`` → ``…/sub-1_ses-1_MEGRE`` (the part entity removed)."""
+    folder, _, name = mids_path.rpartition("/")
+    tokens = [t for t in name.split("_") if not t.startswith("part-")]
+    return f"{folder}/{'_'.join(tokens)}" if folder else "_".join(tokens)
+
+
+def plan_fits(rows: list[tuple[int, int, str, str, str]]) -> list[dict[str, Any]]:
+    """One fit per MESE / vendor-Dixon series and per MEGRE acquisition (its parts grouped).
+
+    ``rows`` are (series id, visit id, mids path, contrast, pseudonym). Each planned fit names
+    the series its maps attach to, the file to fit, every stem to fetch and the contrast.
+    """
+    fits: list[dict[str, Any]] = []
+    megre: dict[tuple[int, str], list[tuple[int, str, str, str]]] = {}
+    for series_id, visit_id, stem, contrast, pseudonym in rows:
+        if contrast in MEGRE_CONTRASTS:
+            key = (visit_id, _acquisition_stem(stem))
+            megre.setdefault(key, []).append((series_id, stem, contrast, pseudonym))
+            continue
+        stems = [stem]
+        if contrast == "DIXON_WATER":
+            stems.append(stem.replace("_part-water_", "_part-fat_"))
+        fits.append(
+            {
+                "series_id": series_id,
+                "visit_id": visit_id,
+                "stem": stem,
+                "stems": stems,
+                "contrast": contrast,
+                "pseudonym": pseudonym,
+            }
+        )
+    preference = {c: i for i, c in enumerate(MEGRE_CONTRASTS)}
+    for (visit_id, _), parts in sorted(megre.items()):
+        parts.sort(key=lambda p: preference[p[2]])
+        series_id, stem, _, pseudonym = parts[0]
+        fits.append(
+            {
+                "series_id": series_id,
+                "visit_id": visit_id,
+                "stem": stem,
+                "stems": [p[1] for p in parts],
+                "contrast": "MEGRE",
+                "pseudonym": pseudonym,
+            }
+        )
+    return fits
+
 
 @handler("pipeline.fit")
 def fit_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Quantitative maps for the upload's MESE and vendor-Dixon series (``qmri.run``).
+    """Quantitative maps for the upload's MESE, vendor-Dixon and MEGRE series (``qmri.run``).
 
     Each map is stored in the ORMIR-MIDS tree (``mids/p<project>/…/mr-quant/``) and recorded as a
     :class:`Derivative` (software and version); a series whose fit fails is reported in the
     job result and does not stop the others. Re-running replaces the maps (same keys).
     """
     import qmri
-    from qmri.run import run_dixon_fit, run_t2_fit
+    from qmri.run import DixonOptions, run_dixon_fit, run_t2_fit
     from repository.models import Derivative
 
     upload_id = int(payload["upload_id"])
@@ -54,19 +120,27 @@ def fit_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
             .join(UploadFile, UploadFile.series_id == Series.id)
             .join(Visit, Visit.id == Series.visit_id)
             .join(Subject, Subject.id == Visit.subject_id)
-            .where(UploadFile.upload_id == upload_id, Series.contrast.in_(FIT_CONTRASTS))
+            .where(UploadFile.upload_id == upload_id, Series.contrast.in_(FITTED_CONTRASTS))
             .distinct()
         ).all()
-    results: dict[str, Any] = {"maps": 0, "failed": []}
-    for n, (series_id, visit_id, stem, contrast, pseudonym) in enumerate(rows):
-        ctx.progress(n / max(len(rows), 1), f"fitting {contrast} series {n + 1} of {len(rows)}")
+    fits = plan_fits([(r[0], r[1], r[2], r[3], r[4]) for r in rows])
+    results: dict[str, Any] = {"maps": 0, "failed": [], "warnings": []}
+    for n, fit in enumerate(fits):
+        series_id, visit_id, stem = fit["series_id"], fit["visit_id"], fit["stem"]
+        contrast, pseudonym = fit["contrast"], fit["pseudonym"]
+        label = f"fitting {contrast} series {n + 1} of {len(fits)}"
+        ctx.progress(n / max(len(fits), 1), label)
+
+        def progress(fraction: float, n: int = n, label: str = label) -> None:
+            ctx.progress((n + min(max(fraction, 0.0), 1.0)) / max(len(fits), 1), label)
+
+        def warn(message: str, stem: str = stem) -> None:
+            results["warnings"].append({"series": stem, "warning": message})
+
         with tempfile.TemporaryDirectory(prefix="myovault-fit-") as tmp:
             src, out = Path(tmp) / "in", Path(tmp) / "out"
-            stems = [stem]
-            if contrast == "DIXON_WATER":
-                stems.append(stem.replace("_part-water_", "_part-fat_"))
             try:
-                for one in stems:
+                for one in fit["stems"]:
                     for ext in (".nii.gz", ".json"):
                         target = src / f"{one}{ext}"
                         target.parent.mkdir(parents=True, exist_ok=True)
@@ -74,9 +148,10 @@ def fit_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
                 out.mkdir()
                 nifti = src / f"{stem}.nii.gz"
                 if contrast == "MESE":
-                    outputs = run_t2_fit(nifti, out)
+                    outputs = run_t2_fit(nifti, out, progress=progress)
                 else:
-                    outputs = run_dixon_fit(nifti, out)
+                    options = DixonOptions(map_desc="megre" if contrast == "MEGRE" else None)
+                    outputs = run_dixon_fit(nifti, out, options, progress=progress, warn=warn)
             except Exception as exc:  # one series' failure must not stop the others
                 log.warning("fit of series %s failed: %s", series_id, exc)
                 results["failed"].append(
@@ -142,7 +217,7 @@ def fit_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
                 details={"maps": len(stored)},
             )
     if results["maps"] and ctx.services["config"].get("PIPELINE_SEGMENT", True):
-        digest = hashlib.sha256(f"u{upload_id}:maps:{results['maps']}:{len(rows)}".encode())
+        digest = hashlib.sha256(f"u{upload_id}:maps:{results['maps']}:{len(fits)}".encode())
         with ctx.db.transaction() as session:
             upload, _ = _load(session, upload_id)
             enqueue_stage(

@@ -1,11 +1,16 @@
 """Pipeline stage ``pipeline.segment``: muscle labels and per-muscle metrics for fitted series.
 
-For every series the fit stage mapped (MESE → water T2 + FF, vendor Dixon → FF), the shipped
+For every series the fit stage mapped (MESE → water T2 + FF, vendor Dixon → FF, complex MEGRE
+→ FF + R2*), the shipped
 thigh model (``qmri.segmentation``, default of the registry) labels the series' first volume;
 ``qmri.metrics`` turns labels + maps into per-muscle numbers (after a one-voxel erosion). The
 label image, its sidecar (labels, model version, confidence, QC flags) and the metrics TSV are
 stored beside the maps (``mr-quant``) and recorded as :class:`Derivative` rows; the scalar
-metrics become indexed :class:`MuscleMetric` rows for search. Re-running replaces both.
+metrics become indexed :class:`MuscleMetric` rows for search. A PNG thumbnail (mid axial slice
+with the label overlay, :func:`repository.services.viewer.render_thumbnail`) is stored the same
+way (kind ``THUMBNAIL``) for quick looks. The metrics TSV and thumbnail record the id of the
+label image they were made from (``parameters["labels_derivative_id"]``). Re-running replaces
+everything.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from repository.services.jobs import JobContext, handler
 log = logging.getLogger(__name__)
 
 SEGMENTER = "myovault-qmri-segmentation"
+#: series that carry fitted maps (a complex MEGRE's maps are attached to its magnitude series)
+SEGMENTED_CONTRASTS = ("MESE", "DIXON_WATER", "MEGRE")
+THUMBNAIL = "THUMBNAIL"
 #: qmri.metrics names → the search vocabulary (repository.services.search.METRICS)
 SEARCH_METRIC_NAMES = {
     "ff_mean_pct": ("ff_mean", "%"),
@@ -68,6 +76,20 @@ def _load_map(store: Any, key: str | None, where: Path) -> np.ndarray | None:
     return data[..., 0] if data.ndim == 4 else data
 
 
+def _thumbnail(image_path: Path, label_img: Any) -> bytes:
+    """PNG of the first volume's mid axial slice with the labels, both reoriented to RAS+."""
+    from repository.services.viewer import render_thumbnail
+
+    image = cast(nib.Nifti1Image, nib.load(str(image_path)))
+    data = np.asanyarray(image.dataobj, dtype=np.float32)
+    first = nib.Nifti1Image(data[..., 0] if data.ndim == 4 else data, image.affine)
+    image_ras = nib.as_closest_canonical(first)
+    labels_ras = nib.as_closest_canonical(label_img)
+    return render_thumbnail(
+        np.asanyarray(image_ras.dataobj), np.asanyarray(labels_ras.dataobj).astype(np.int64)
+    )
+
+
 def metric_rows(records: list[dict[str, Any]]) -> list[tuple[str, str, str, float, str]]:
     """(muscle, side code, metric, value, unit) for the search index, from qmri records."""
     rows = []
@@ -86,12 +108,27 @@ def metric_rows(records: list[dict[str, Any]]) -> list[tuple[str, str, str, floa
     return rows
 
 
+def _corrected_series(session: Any, series_ids: list[int]) -> set[int]:
+    """Series whose labels were corrected by a person (a LABELS derivative above version 1)."""
+    if not series_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Derivative.series_id).where(
+                Derivative.series_id.in_(series_ids),
+                Derivative.kind == "LABELS",
+                Derivative.version > 1,
+            )
+        )
+    )
+
+
 @handler("pipeline.segment")
 def segment_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     from qmri.metrics import compute_muscle_metrics, qc_flags, to_long_records, write_metrics_tsv
     from qmri.segmentation import load_model
     from qmri.segmentation.nifti import segment_nifti
-    from repository.services.pipeline import FIT_CONTRASTS, _load, _put_file, _upsert_object
+    from repository.services.pipeline import _load, _put_file, _upsert_object
 
     upload_id = int(payload["upload_id"])
     store = ctx.services["store"]
@@ -103,12 +140,17 @@ def segment_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
             .join(UploadFile, UploadFile.series_id == Series.id)
             .join(Visit, Visit.id == Series.visit_id)
             .join(Subject, Subject.id == Visit.subject_id)
-            .where(UploadFile.upload_id == upload_id, Series.contrast.in_(FIT_CONTRASTS))
+            .where(UploadFile.upload_id == upload_id, Series.contrast.in_(SEGMENTED_CONTRASTS))
             .distinct()
         ).all()
         map_keys = {row[0]: _map_keys(session, row[0]) for row in series}
+        corrected = _corrected_series(session, [row[0] for row in series])
     model = load_model(anatomy="thigh")
     results: dict[str, Any] = {"segmented": 0, "metrics": 0, "failed": [], "flags": 0}
+    # a person's correction wins over the model: re-running the stage keeps corrected labels
+    # (and the metrics computed from them) instead of adding model metrics beside them
+    results["kept_corrected"] = len(corrected)
+    series = [row for row in series if row[0] not in corrected]
     for n, (series_id, visit_id, stem, subject_id, pseudonym) in enumerate(series):
         ctx.progress(n / max(len(series), 1), f"segmenting series {n + 1} of {len(series)}")
         with tempfile.TemporaryDirectory(prefix="myovault-seg-") as tmp:
@@ -138,6 +180,7 @@ def segment_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
                     json.dumps({**result.sidecar(), "QualityControl": flags}, indent=2, default=str)
                 )
                 write_metrics_tsv(rows, where / "metrics.tsv")
+                (where / "thumbnail.png").write_bytes(_thumbnail(image, label_img))
                 stored = {
                     "LABELS": _put_file(
                         store,
@@ -166,6 +209,15 @@ def segment_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
                         "derivative",
                         "text/tab-separated-values",
                     ),
+                    THUMBNAIL: _put_file(
+                        store,
+                        project_id,
+                        f"{out_stem}_desc-thumbnail_dseg.png",
+                        where / "thumbnail.png",
+                        pseudonym,
+                        "derivative",
+                        "image/png",
+                    ),
                 }
             except Exception as exc:  # one series' failure must not stop the others
                 log.warning("segmentation of series %s failed: %s", series_id, exc)
@@ -175,7 +227,7 @@ def segment_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
                 continue
         version = f"{result.model_name}@{result.model_version}"
         with ctx.db.transaction() as session:
-            derivatives = {}
+            derivatives: dict[str, int] = {}
             for kind, info in stored.items():
                 obj = _upsert_object(session, info, subject_id)
                 derivative = session.scalar(
@@ -192,6 +244,8 @@ def segment_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
                     version,
                 )
                 derivative.parameters = {"source": stem, "erosion_voxels": 1, "qc_flags": flags}
+                if kind != "LABELS":  # LABELS comes first (dict order)
+                    derivative.parameters["labels_derivative_id"] = derivatives["LABELS"]
                 session.add(derivative)
                 session.flush()
                 derivatives[kind] = derivative.id

@@ -2,7 +2,8 @@
 
 The graph is built from what the database holds: stored objects by hash, the pipeline's
 derivatives with software/model versions and parameters, per-muscle metrics, consent versions,
-and the audit log (who uploaded). :mod:`consent.provenance` turns it into PROV-JSON.
+the Upload rows (who uploaded what, when, through which channel; the audit log only for
+objects stored outside an upload). :mod:`consent.provenance` turns it into PROV-JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from repository.models import (
     Site,
     StoredObject,
     Subject,
+    Upload,
+    UploadFile,
     User,
     Visit,
 )
@@ -85,6 +88,62 @@ def _object_entity(b: _Builder, obj: StoredObject) -> str:
             {"size": obj.size, "created_at": obj.created_at, "deleted_at": obj.deleted_at},
         )
     )
+
+
+def _add_uploads(
+    b: _Builder, session: Session, subject: Subject, series_objects: dict[int, str]
+) -> set[str]:
+    """Upload activities from the Upload rows: who uploaded (the uploader user), when, through
+    which channel, which de-identified objects it produced (by hash) and which ingested series
+    were converted from them. Returns the entity ids attributed to an uploader."""
+    rows = session.execute(
+        select(UploadFile.deid_object_id, UploadFile.series_id, Upload)
+        .join(Upload, Upload.id == UploadFile.upload_id)
+        .where(
+            Upload.project_id == subject.project_id,
+            UploadFile.subject_pseudonym == subject.pseudonym,
+            UploadFile.deid_object_id.is_not(None),
+        )
+        .order_by(Upload.id, UploadFile.id)
+    ).all()
+    generated: dict[int, list[str]] = {}
+    uploads: dict[int, Upload] = {}
+    attributed: set[str] = set()
+    for object_id, series_id, upload in rows:
+        obj = session.get(StoredObject, object_id)
+        if obj is None:
+            continue
+        eid = _object_entity(b, obj)
+        uploads[upload.id] = upload
+        generated.setdefault(upload.id, []).append(eid)
+        if series_id in series_objects:  # the NIfTI series was converted from this DICOM
+            b.derivations.append((series_objects[series_id], eid))
+        person = _user_agent(b, session, upload.created_by_id)
+        if person:
+            b.attributions.append((eid, person))
+            attributed.add(eid)
+            if series_id in series_objects:
+                b.attributions.append((series_objects[series_id], person))
+                attributed.add(series_objects[series_id])
+    for upload_id, entities in generated.items():
+        upload = uploads[upload_id]
+        person = _user_agent(b, session, upload.created_by_id)
+        site = session.get(Site, upload.site_id) if upload.site_id is not None else None
+        agents = [person] if person else []
+        if site is not None:
+            agents.append(b.agent(ProvAgent(f"site-{site.id}", site.code, "organization")))
+        b.activities.append(
+            ProvActivity(
+                f"upload-{upload_id}",
+                f"upload and de-identify ({upload.source})",
+                generated=tuple(dict.fromkeys(entities)),
+                agents=tuple(agents),
+                started=upload.created_at,
+                ended=upload.finished_at or upload.completed_at,
+                attributes={"source": upload.source, "files": len(set(entities))},
+            )
+        )
+    return attributed
 
 
 def _uploaders(session: Session, object_ids: list[int]) -> dict[int, int]:
@@ -230,9 +289,10 @@ def _add_subject(b: _Builder, session: Session, subject: Subject) -> None:
                         _object_entity(b, obj)
                 if f"object-{made_by.object_id}" in b.entities:
                     b.derivations.append((mid, f"object-{made_by.object_id}"))
+    attributed = _add_uploads(b, session, subject, series_objects)
     for object_id, user_id in _uploaders(session, object_ids).items():
         agent = _user_agent(b, session, user_id)
-        if agent:
+        if agent and f"object-{object_id}" not in attributed:  # Upload rows take precedence
             b.attributions.append((f"object-{object_id}", agent))
 
 

@@ -24,13 +24,15 @@ from repository.models import (
     Derivative,
     Project,
     SavedQuery,
+    SearchProfile,
+    SearchSubject,
     Series,
     StoredObject,
     Subject,
     Visit,
 )
 from repository.security import policy
-from repository.services import audit, metadata, search
+from repository.services import audit, metadata, search, search_index
 from repository.services.consent_filters import shareable_subject_clause
 from repository.services.context import Actor
 from repository.services.pids import PidMinter, datacite_attributes
@@ -122,10 +124,16 @@ def freeze(
         if saved is None or saved.user_id != actor.user_id:
             raise NotFound("no such saved query")
     scoped = replace(query, project=(project.slug,))
-    rows = session.execute(
-        search.matching_subjects(session, actor, scoped).order_by(Subject.id)
-    ).all()
-    subject_ids = [r[0] for r in rows]
+    # The frozen list is re-checked against the authoritative consent clause, not only the
+    # search index it was found through.
+    matching = search.matching_subjects(session, actor, scoped).subquery("matching")
+    subject_ids = list(
+        session.scalars(
+            select(Subject.id)
+            .where(Subject.id.in_(select(matching.c.subject_id)), shareable_subject_clause())
+            .order_by(Subject.id)
+        )
+    )
     if not subject_ids:
         raise ValidationError("no shareable subject matches this query in that project")
     visit_ids = list(
@@ -312,20 +320,23 @@ def statistics(
     session: Session, actor: Actor, project: Project, subject_ids: list[int] | None
 ) -> dict[str, Any]:
     """Suppressed aggregate statistics of a project's (or a snapshot's) shareable subjects."""
-    clauses = [Subject.project_id == project.id, shareable_subject_clause()]
+    search_index.sync(session)
+    clauses = [SearchSubject.project_id == project.id, search_index.shareable_now()]
     if subject_ids is not None:
-        clauses.append(Subject.id.in_(subject_ids))
+        clauses.append(SearchSubject.subject_id.in_(subject_ids))
     exact = policy.can(session, actor, "project.view_data", project)
-    with search.materialised(
-        session, select(Subject.id, Subject.project_id).where(*clauses)
-    ) as ids:
-        n = session.scalar(select(func.count()).select_from(ids)) or 0
-        n_visits = (
-            session.scalar(select(func.count(Visit.id)).join(ids, ids.c.id == Visit.subject_id))
-            or 0
+    matching = search.facet_counts(session, clauses)
+    n = matching.total
+    n_visits = int(
+        session.scalar(
+            select(func.coalesce(func.sum(SearchProfile.n_visits), 0))
+            .join(SearchSubject, SearchSubject.profile_id == SearchProfile.id)
+            .where(*clauses)
         )
-        facets = search.facets(session, ids, exact, with_muscle=False)
-        heat, _segmented = search.muscle_summary(session, ids, exact)
+        or 0
+    )
+    facets = search.show_facets(matching.counts, exact)
+    heat = search.heatmap(session, matching, exact)
     return {
         "exact": exact,
         "subjects": search.show_count(n, exact),

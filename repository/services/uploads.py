@@ -9,11 +9,18 @@ Protocol (the REST API and the CLI both use it):
    must equal the bytes already received (else :class:`OffsetMismatch`, 409, which tells the
    client where to resume). Each chunk is streamed, encrypted, into the quarantine as its own
    object and its sha256 checked; a mismatch discards the chunk (422).
-3. When the last byte arrives the whole file is re-read from the quarantine and its sha256
-   compared with the declared one: a mismatch discards the file's bytes (state ``rejected``).
-   Files that are neither DICOM Part 10 nor zip are rejected and their bytes deleted.
+3. No request costs O(file size). While chunks arrive in order in one process, a running
+   sha256 of the file is kept in memory (:data:`_RUNNING`), so the last chunk can compare the
+   whole-file digest at once and reject a mismatch immediately. Whether or not that was
+   possible (chunks spread over several web processes, a restart), the whole-file sha256 is
+   verified again, streamed from the quarantine, by the first pipeline job
+   (``pipeline.checksum``) before anything else reads the file; a mismatch discards the file's
+   bytes (state ``rejected``, reason ``checksum_mismatch``). The type is sniffed from the
+   first bytes: files that are neither DICOM Part 10 nor zip are rejected and their bytes
+   deleted.
 4. ``complete_upload`` starts the pipeline (:mod:`repository.services.pipeline`) once every file
-   is received, rejected or a duplicate. Nothing is processed before.
+   is received, rejected or a duplicate: ``pipeline.checksum`` first, which then queues
+   de-identification. Nothing is processed before.
 
 Quarantine objects are encrypted under a per-upload data key (subject ``quarantine-u<id>``)
 that is destroyed once the upload's originals are gone (crypto-shredding every copy).
@@ -26,6 +33,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -36,18 +45,24 @@ from sqlalchemy.orm import Session
 
 from repository.errors import Conflict, MyoVaultError, NotFound, ValidationError
 from repository.models import (
+    Derivative,
     FileState,
+    Membership,
     Project,
+    Series,
+    Subject,
     Upload,
     UploadChunk,
     UploadFile,
     UploadState,
+    Visit,
 )
 from repository.models._types import utcnow
 from repository.models.uploads import ATTENTION_STATES
 from repository.security import policy
 from repository.services import audit
-from repository.services.context import Actor
+from repository.services.context import SYSTEM, Actor
+from repository.services.jobs import JobContext, handler
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_PATH_CHARS = 1000
@@ -87,6 +102,34 @@ def quarantine_subject(upload_id: int) -> str:
 
 
 # --- reading ----------------------------------------------------------------------------------
+
+
+def upload_visits(session: Session, actor: Actor, upload: Upload) -> list[dict[str, Any]]:
+    """The visits an upload produced (pseudonym, visit label, whether a thumbnail exists), for
+    users who may see the project's images; empty for everyone else."""
+    project = session.get(Project, upload.project_id)
+    if project is None or not policy.can(session, actor, "project.view_data", project):
+        return []
+    rows = session.execute(
+        select(Subject.pseudonym, Visit.label, Visit.id)
+        .join(Visit, Visit.subject_id == Subject.id)
+        .join(Series, Series.visit_id == Visit.id)
+        .join(UploadFile, UploadFile.series_id == Series.id)
+        .where(UploadFile.upload_id == upload.id, Subject.erased_at.is_(None))
+        .distinct()
+        .order_by(Subject.pseudonym, Visit.label)
+    ).all()
+    with_thumbnail = set(
+        session.scalars(
+            select(Derivative.visit_id).where(
+                Derivative.visit_id.in_([r[2] for r in rows]), Derivative.kind == "THUMBNAIL"
+            )
+        )
+    )
+    return [
+        {"slug": project.slug, "pseudonym": p, "label": label, "thumbnail": vid in with_thumbnail}
+        for p, label, vid in rows
+    ]
 
 
 def get_upload(session: Session, actor: Actor, upload_id: int) -> Upload:
@@ -186,6 +229,20 @@ def parse_specs(raw: Iterable[Any]) -> list[FileSpec]:
     return specs
 
 
+def uploader_site(session: Session, user_id: int, project_id: int) -> int | None:
+    """The site an uploader belongs to in the project (pseudonyms are keyed by site)."""
+    return session.scalar(
+        select(Membership.site_id)
+        .where(
+            Membership.user_id == user_id,
+            Membership.project_id == project_id,
+            Membership.site_id.is_not(None),
+        )
+        .order_by(Membership.id)
+        .limit(1)
+    )
+
+
 def create_upload(
     session: Session,
     actor: Actor,
@@ -202,6 +259,8 @@ def create_upload(
         policy.require(session, actor, "project.upload", project)
     if source not in SOURCES:
         raise ValidationError(f"unknown upload source {source!r}")
+    if site_id is None and actor.user_id is not None:
+        site_id = uploader_site(session, actor.user_id, project.id)
     upload = Upload(
         project_id=project.id,
         site_id=site_id,
@@ -296,10 +355,13 @@ def _reject(item: UploadFile, reason: str, detail: str) -> None:
 
 
 class _Limited:
-    """Read at most ``length`` bytes from ``stream``; records how many were actually read."""
+    """Read at most ``length`` bytes from ``stream``; records how many were actually read,
+    feeds them to ``digest`` (the file's running sha256, if any) and keeps the first bytes."""
 
-    def __init__(self, stream: IO[bytes], length: int) -> None:
+    def __init__(self, stream: IO[bytes], length: int, digest: Any = None) -> None:
         self.stream, self.remaining, self.read_bytes = stream, length, 0
+        self.digest = digest
+        self.head = b""
 
     def read(self, size: int = -1) -> bytes:
         if self.remaining <= 0:
@@ -308,7 +370,48 @@ class _Limited:
         data = self.stream.read(n)
         self.remaining -= len(data)
         self.read_bytes += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        if len(self.head) < SNIFF_BYTES:
+            self.head += data[: SNIFF_BYTES - len(self.head)]
         return data
+
+
+@dataclass
+class _Running:
+    """In-memory running state of one file whose chunks arrived in order in this process."""
+
+    offset: int  # bytes hashed so far
+    digest: Any  # hashlib sha256 object
+    head: bytes  # the file's first bytes (for sniffing)
+
+
+#: file id → running sha256; a cache only (a miss just defers the check to pipeline.checksum)
+_RUNNING: OrderedDict[int, _Running] = OrderedDict()
+_RUNNING_MAX = 512
+_RUNNING_LOCK = threading.Lock()
+
+
+def _running_for(file_id: int, offset: int) -> _Running | None:
+    """A copy of the running state if it covers exactly ``offset`` bytes (else None)."""
+    with _RUNNING_LOCK:
+        state = _RUNNING.get(file_id)
+        if offset == 0:
+            return _Running(0, hashlib.sha256(), b"")
+        if state is None or state.offset != offset:
+            return None
+        return _Running(state.offset, state.digest.copy(), state.head)
+
+
+def _remember(file_id: int, state: _Running | None) -> None:
+    with _RUNNING_LOCK:
+        if state is None:
+            _RUNNING.pop(file_id, None)
+            return
+        _RUNNING[file_id] = state
+        _RUNNING.move_to_end(file_id)
+        while len(_RUNNING) > _RUNNING_MAX:
+            _RUNNING.popitem(last=False)
 
 
 def put_chunk(
@@ -337,7 +440,8 @@ def put_chunk(
     if offset + length > item.size:
         raise ValidationError(f"the chunk goes beyond the declared size of {item.size} bytes")
     key = f"quarantine/u{upload.id}/f{item.id}/{offset:015d}-{secrets.token_hex(4)}"
-    body = _Limited(stream, length)
+    running = _running_for(item.id, offset)
+    body = _Limited(stream, length, running.digest if running is not None else None)
     info = store.put(key, body, subject=quarantine_subject(upload.id))
     if info.size != length or not hmac.compare_digest(info.sha256, sha256):
         store.delete(key)
@@ -360,8 +464,14 @@ def put_chunk(
         session.refresh(item)
         raise OffsetMismatch(item.received_bytes) from None
     item.received_bytes = offset + length
+    if running is not None:
+        head = running.head + body.head[: SNIFF_BYTES - len(running.head)]
+        running = _Running(item.received_bytes, running.digest, head)
     if item.received_bytes == item.size:
-        _finish_file(session, actor, store, item)
+        _remember(item.id, None)
+        _finish_file(session, actor, store, item, running)
+    else:
+        _remember(item.id, running)
     return item
 
 
@@ -384,22 +494,15 @@ def delete_bytes(session: Session, store: Any, item: UploadFile) -> int:
     return len(chunks)
 
 
-def _finish_file(session: Session, actor: Actor, store: Any, item: UploadFile) -> None:
-    """Whole-file check: sha256 over the stored chunks, then sniff the type."""
-    digest = hashlib.sha256()
-    head = b""
-    for piece in iter_file(store, session, item):
-        digest.update(piece)
-        if len(head) < SNIFF_BYTES:
-            head += piece[: SNIFF_BYTES - len(head)]
-    if not hmac.compare_digest(digest.hexdigest(), item.sha256):
-        delete_bytes(session, store, item)
-        _reject(
-            item,
-            "checksum_mismatch",
-            f"the file's sha256 is {digest.hexdigest()}, not the declared {item.sha256}:"
-            " its bytes were discarded; upload it again",
-        )
+def _finish_file(
+    session: Session, actor: Actor, store: Any, item: UploadFile, running: _Running | None
+) -> None:
+    """The last byte arrived: sniff the type; compare the whole-file sha256 when its running
+    digest is at hand (never re-reads the file: ``pipeline.checksum`` verifies it otherwise)."""
+    head = running.head if running is not None else _first_bytes(store, session, item)
+    digest = running.digest.hexdigest() if running is not None else None
+    if digest is not None and not hmac.compare_digest(digest, item.sha256):
+        _discard_mismatch(session, store, item, digest)
     else:
         kind = sniff(head)
         if kind is None:
@@ -414,8 +517,107 @@ def _finish_file(session: Session, actor: Actor, store: Any, item: UploadFile) -
         object_type="upload_file",
         object_id=item.id,
         project_id=item.upload.project_id,
-        details={"state": item.state.value, "size": item.size, "reason": item.reason},
+        details={
+            "state": item.state.value,
+            "size": item.size,
+            "reason": item.reason,
+            "sha256_checked": "now" if digest is not None else "in pipeline.checksum",
+        },
     )
+
+
+def _first_bytes(store: Any, session: Session, item: UploadFile) -> bytes:
+    """The file's first bytes, from its first chunk only (one chunk: O(chunk size))."""
+    first = session.scalars(
+        select(UploadChunk).where(UploadChunk.file_id == item.id).order_by(UploadChunk.offset)
+    ).first()
+    head = b""
+    if first is None:
+        return head
+    for piece in store.open(first.key, expected_sha256=first.sha256):
+        head += piece[: SNIFF_BYTES - len(head)]
+        if len(head) >= SNIFF_BYTES:
+            break
+    return head
+
+
+def _discard_mismatch(session: Session, store: Any, item: UploadFile, digest: str) -> None:
+    delete_bytes(session, store, item)
+    _reject(
+        item,
+        "checksum_mismatch",
+        f"the file's sha256 is {digest}, not the declared {item.sha256}:"
+        " its bytes were discarded; upload it again",
+    )
+    # files that were accepted as duplicates of this (false) content have no bytes either
+    for dup in session.scalars(
+        select(UploadFile).where(
+            UploadFile.duplicate_of_id == item.id, UploadFile.state == FileState.DUPLICATE
+        )
+    ):
+        _reject(
+            dup,
+            "duplicate_of_rejected",
+            "it was taken for a duplicate of a file whose checksum then failed: upload it again",
+        )
+
+
+def verify_received(session: Session, store: Any, item: UploadFile) -> bool:
+    """Stream a received file from the quarantine and check its whole-file sha256.
+
+    On a mismatch the bytes are discarded and the file rejected (audited). Returns True when
+    the file is intact.
+    """
+    digest = hashlib.sha256()
+    for piece in iter_file(store, session, item):
+        digest.update(piece)
+    if hmac.compare_digest(digest.hexdigest(), item.sha256):
+        return True
+    _discard_mismatch(session, store, item, digest.hexdigest())
+    audit.record(
+        session,
+        SYSTEM,
+        "upload.file_checksum_failed",
+        object_type="upload_file",
+        object_id=item.id,
+        project_id=item.upload.project_id,
+        details={"size": item.size},
+    )
+    return False
+
+
+@handler("pipeline.checksum")
+def checksum_stage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """First pipeline job: verify the whole-file sha256 of every received file (streamed, one
+    file per transaction), then queue de-identification (``pipeline.start``)."""
+    from repository.services import pipeline
+
+    upload_id = int(payload["upload_id"])
+    store = ctx.services["store"]
+    with ctx.db.transaction() as session:
+        ids = list(
+            session.scalars(
+                select(UploadFile.id)
+                .where(
+                    UploadFile.upload_id == upload_id,
+                    UploadFile.parent_id.is_(None),
+                    UploadFile.state == FileState.RECEIVED,
+                )
+                .order_by(UploadFile.id)
+            )
+        )
+    failed = 0
+    for n, file_id in enumerate(ids):
+        with ctx.db.transaction() as session:
+            item = session.get(UploadFile, file_id)
+            if item is not None and item.state == FileState.RECEIVED:
+                failed += 0 if verify_received(session, store, item) else 1
+        if n % 20 == 0:
+            ctx.progress(n / max(len(ids), 1), f"checked {n} of {len(ids)} files")
+    with ctx.db.transaction() as session:
+        upload, _project = pipeline._load(session, upload_id)
+        pipeline.start(session, SYSTEM, upload, pipeline._dispatcher(ctx))
+    return {"files": len(ids), "checksum_failed": failed}
 
 
 def sniff(head: bytes) -> str | None:
@@ -457,9 +659,26 @@ def complete_upload(
         project_id=upload.project_id,
         details=counts(session, upload),
     )
-    from repository.services import pipeline
+    from repository.services import jobs, pipeline
 
-    pipeline.start(session, actor, upload, dispatch)
+    received = pipeline._content_digest(session, upload, (FileState.RECEIVED,))
+    has_received = session.scalar(
+        select(UploadFile.id)
+        .where(UploadFile.upload_id == upload.id, UploadFile.state == FileState.RECEIVED)
+        .limit(1)
+    )
+    if has_received is None:
+        pipeline.start(session, actor, upload, dispatch)  # nothing to check: settles
+    else:
+        jobs.enqueue(
+            session,
+            actor,
+            dispatch,
+            kind="pipeline.checksum",
+            payload={"upload_id": upload.id},
+            key=f"pipeline.checksum:{received}",
+            project_id=upload.project_id,
+        )
     return upload
 
 
@@ -571,6 +790,12 @@ class CStoreIngest:
     the AE title maps to; every instance is written to the encrypted quarantine as it arrives
     (sha256 recorded); once the study has been quiet, the upload is completed and the pipeline
     starts (``on_complete`` receives the upload id, e.g. to run it in-process).
+
+    The study → upload mapping is persisted on the upload (``report["cstore"]``: calling AE
+    title and the sha256 of the StudyInstanceUID — never the UID itself — mirrored in the
+    label), so a receiver restarted mid-association, or between two associations of the same
+    study, continues the same open upload. :meth:`complete_stale` completes open C-STORE
+    uploads that have been quiet for the quiet period (after a crash nothing else would).
     """
 
     def __init__(
@@ -595,14 +820,19 @@ class CStoreIngest:
         key = (ae_title, study_uid)
         if key in self._open:
             return self._open[key]
+        study_hash = hashlib.sha256(study_uid.encode()).hexdigest()
+        label = f"C-STORE from {ae_title}, study {study_hash[:12]}"
         with self.ext.db.transaction() as session:
             project = session.scalar(select(Project).where(Project.slug == project_slug))
             if project is None:
                 raise NotFound(f"AE title {ae_title} maps to unknown project {project_slug!r}")
+            existing = self._find_open(session, project.id, ae_title, study_hash, label)
+            if existing is not None:  # a restarted receiver: continue the same upload
+                self._open[key] = existing
+                return existing
             site_id = session.scalar(
                 select(Site.id).where(Site.project_id == project.id, Site.code == site_code)
             )
-            study_ref = hashlib.sha256(study_uid.encode()).hexdigest()[:12]
             upload = create_upload(
                 session,
                 SYSTEM,
@@ -610,13 +840,72 @@ class CStoreIngest:
                 files=[],
                 max_bytes=int(self.ext.config["MAX_UPLOAD_BYTES"]),
                 source="cstore",
-                label=f"C-STORE from {ae_title}, study {study_ref}",
+                label=label,
                 site_id=site_id,
             )
+            upload.report = {"cstore": {"calling_ae": ae_title, "study_sha256": study_hash}}
             upload_id = upload.id
         self.ext.keyring.data_key(quarantine_subject(upload_id), create=True)
         self._open[key] = upload_id
         return upload_id
+
+    @staticmethod
+    def _find_open(
+        session: Session, project_id: int, ae_title: str, study_hash: str, label: str
+    ) -> int | None:
+        """The open C-STORE upload of this (AE title, study), persisted by an earlier run."""
+        rows = session.scalars(
+            select(Upload).where(
+                Upload.project_id == project_id,
+                Upload.source == "cstore",
+                Upload.state == UploadState.OPEN,
+                Upload.label == label,
+            )
+        )
+        for upload in rows:
+            mapping = (upload.report or {}).get("cstore", {})
+            if mapping.get("calling_ae") == ae_title and mapping.get("study_sha256") == study_hash:
+                return upload.id
+        return None
+
+    def complete_stale(self, quiet_seconds: float, now: Any = None) -> list[int]:
+        """Complete the open C-STORE uploads that received nothing for ``quiet_seconds``
+        (uploads left open by a receiver that stopped or crashed); returns their ids."""
+        from datetime import timedelta
+
+        from repository.services.context import SYSTEM
+
+        cutoff = (now or utcnow()) - timedelta(seconds=quiet_seconds)
+        with self.ext.db.transaction() as session:
+            candidates = list(
+                session.scalars(
+                    select(Upload.id).where(
+                        Upload.source == "cstore", Upload.state == UploadState.OPEN
+                    )
+                )
+            )
+            stale = []
+            for upload_id in candidates:
+                last = session.scalar(
+                    select(func.max(UploadFile.updated_at)).where(UploadFile.upload_id == upload_id)
+                )
+                upload = session.get(Upload, upload_id)
+                assert upload is not None  # noqa: S101
+                if (last or upload.created_at) <= cutoff:
+                    stale.append(upload_id)
+        done = []
+        for upload_id in stale:
+            with self._lock:
+                if upload_id in self._open.values():
+                    continue  # still being received by this process
+            with self.ext.db.transaction() as session:
+                upload = session.get(Upload, upload_id)
+                assert upload is not None  # noqa: S101
+                complete_upload(session, SYSTEM, upload, self.dispatch)
+            done.append(upload_id)
+            if self.on_complete is not None:
+                self.on_complete(upload_id)
+        return done
 
     def stage(
         self, ae_title: str, destination: Any, study_uid: str, sop_uid: str, data: bytes

@@ -62,6 +62,12 @@ def register_web(app: Flask) -> None:
     from repository.web import uploads as uploads_web  # uploads and pipeline (issue 4)
 
     app.register_blueprint(uploads_web.bp)
+    from repository.web import viewer as viewer_web  # viewer, thumbnails, longitudinal (issue 9)
+
+    app.register_blueprint(viewer_web.bp)
+    from repository.web import labels as labels_web  # label correction (issue 9 item 3)
+
+    app.register_blueprint(labels_web.bp)
     from repository import csrf
 
     csrf.exempt(oai.bp)  # OAI-PMH harvesters may POST; it is read-only and cookie-free

@@ -162,6 +162,36 @@ def request_detail(request_id: int) -> str:
         grant_state=access.grant_state,
         exclusions=req.exclusions,
         suppress=access.suppress if is_requester else (lambda n: n),
+        may_view_ethics=is_requester
+        or policy.can(session, current, "project.view_ethics_approval", project),  # type: ignore[arg-type]
+    )
+
+
+@bp.get("/requests/<int:request_id>/ethics-approval")
+@login_required
+def ethics_page(request_id: int) -> str:
+    """The ethics approval's details and download link (requester, committee, owners)."""
+    session = db()
+    doc = access.ethics_document(session, actor(), request_id)
+    req = access.get_request(session, actor(), request_id)
+    return render_template(
+        "consent/ethics.html", doc=doc, req=req, project=session.get(Project, req.project_id)
+    )
+
+
+@bp.get("/requests/<int:request_id>/ethics-approval/file")
+@login_required
+def ethics_file(request_id: int) -> Response:
+    doc, data = access.read_ethics_document(db(), actor(), request_id, ext().store)
+    db().commit()  # the download is audited
+    return Response(
+        data,
+        mimetype=doc.content_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{doc.filename}"',
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        },
     )
 
 

@@ -134,7 +134,9 @@ def snapshot_datacite_json(snapshot_id: int) -> Response:
     if snapshot.pid_kind == "doi":
         attrs["doi"] = snapshot.pid
     else:
-        attrs["identifiers"] = [{"identifier": snapshot.pid, "identifierType": "local"}]
+        attrs["alternateIdentifiers"] = [
+            {"alternateIdentifier": snapshot.pid, "alternateIdentifierType": "local"}
+        ]
     return jsonify(data={"type": "dois", "attributes": attrs})
 
 

@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response
 
 from consent.duo import TERMS
 from consent.records import ART6_BASES, ART9_CONDITIONS
-from repository.errors import Conflict, ValidationError
+from repository.errors import Conflict, Forbidden, ValidationError
 from repository.request_context import actor, db, ext
 from repository.services import consent as consent_service
 from repository.services import erasure, projects, provenance
@@ -36,15 +36,21 @@ def _json_download(body: str, filename: str) -> Response:
 @login_required
 def overview(slug: str) -> str:
     project = _project(slug, "project.manage_consent")
-    rows = consent_service.overview(db(), actor(), project)
+    return _overview_page(project, None)
+
+
+def _overview_page(project, import_errors):  # type: ignore[no-untyped-def]
+    own = consent_service.own_site(db(), actor(), project)
     return render_template(
         "consent/overview.html",
         project=project,
-        rows=rows,
+        rows=consent_service.overview(db(), actor(), project),
         terms=TERMS,
         art6=ART6_BASES,
         art9=ART9_CONDITIONS,
-        import_errors=None,
+        import_errors=import_errors,
+        sites=sorted(project.sites, key=lambda s: s.code),
+        own_site=own.code if own is not None else "",
     )
 
 
@@ -53,8 +59,9 @@ def overview(slug: str) -> str:
 def record(slug: str) -> Response:
     project = _project(slug, "project.manage_consent")
     form = request.form
-    data = {
-        "pseudonym": form.get("pseudonym", ""),
+    given_pseudonym = form.get("pseudonym", "").strip()
+    data: dict[str, object] = {
+        "pseudonym": given_pseudonym,
         "form": form.get("form", ""),
         "form_version": form.get("form_version", ""),
         "signed_on": form.get("signed_on", ""),
@@ -66,14 +73,32 @@ def record(slug: str) -> Response:
         "recontact_allowed": form.get("recontact_allowed") == "on",
         "expires_on": form.get("expires_on", ""),
     }
+    participant_id = form.get("participant_id", "")
     try:
-        row = consent_service.record_consent(db(), actor(), project, data, source="ui")
-    except (ValidationError, Conflict) as exc:
+        if participant_id.strip():
+            if given_pseudonym:
+                raise ValidationError("give either a pseudonym or a participant id, not both")
+            registration, row = consent_service.register_with_consent(
+                db(),
+                actor(),
+                project,
+                {**data, "participant_id": participant_id, "site": form.get("site", "")},
+                unwrap=ext().unwrap_project_secret,
+                source="ui",
+            )
+            pseudonym = registration.subject.pseudonym
+            done = "registered as" if registration.created else "already registered as"
+            message = f"Participant {done} {pseudonym}; consent version {row.version} recorded."
+        else:
+            row = consent_service.record_consent(db(), actor(), project, data, source="ui")
+            pseudonym = given_pseudonym
+            message = f"Consent version {row.version} recorded for {pseudonym}."
+    except (ValidationError, Conflict, Forbidden) as exc:
         db().rollback()
         flash(exc.message, "error")
         return redirect(url_for("consent.overview", slug=slug))
     db().commit()
-    flash(f"Consent version {row.version} recorded for {data['pseudonym']}.", "success")
+    flash(message, "success")
     return redirect(url_for("consent.overview", slug=slug))
 
 
@@ -91,20 +116,15 @@ def import_table(slug: str) -> Response | tuple[str, int]:
     except UnicodeDecodeError:
         flash("The file must be UTF-8 text.", "error")
         return redirect(url_for("consent.overview", slug=slug))
-    result = consent_service.import_table(db(), actor(), project, text)
+    result = consent_service.import_table(
+        db(), actor(), project, text, unwrap=ext().unwrap_project_secret
+    )
     if not result.ok:
         db().rollback()
-        return render_template(
-            "consent/overview.html",
-            project=project,
-            rows=consent_service.overview(db(), actor(), project),
-            terms=TERMS,
-            art6=ART6_BASES,
-            art9=ART9_CONDITIONS,
-            import_errors=result.errors,
-        ), 422
+        return _overview_page(project, result.errors), 422
     db().commit()
-    flash(f"{result.created} consent records imported.", "success")
+    registered = f" ({result.registered} participants registered)" if result.registered else ""
+    flash(f"{result.created} consent records imported{registered}.", "success")
     return redirect(url_for("consent.overview", slug=slug))
 
 

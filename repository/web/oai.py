@@ -3,7 +3,9 @@
 Verbs: Identify, ListMetadataFormats, ListSets, ListIdentifiers, ListRecords, GetRecord.
 Formats: ``oai_dc`` and ``oai_datacite`` (DataCite kernel 4). Sets: ``projects``,
 ``snapshots``. Only what an anonymous visitor may see is harvestable. Resumption tokens are
-opaque ``<offset>.<signed parameters>``; a token is bound to its request's arguments.
+opaque ``<signed payload>.<signature>``; a token is bound to its request's arguments and
+expires after :data:`TOKEN_TTL` (announced in its ``expirationDate``); an expired, altered or
+malformed token gets ``badResumptionToken``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import hmac
 import json
 import xml.etree.ElementTree as ET  # noqa: S405  (we only build XML)
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
@@ -36,6 +38,7 @@ OAI_DC_NS = "http://www.openarchives.org/OAI/2.0/oai_dc/"
 DC_NS = "http://purl.org/dc/elements/1.1/"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 PAGE_SIZE = 50
+TOKEN_TTL = timedelta(hours=24)
 EARLIEST = "2020-01-01T00:00:00Z"
 
 FORMATS = {
@@ -91,23 +94,33 @@ def _sign(payload: str) -> str:
     return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def _make_token(args: dict[str, str], offset: int) -> str:
+def _make_token(args: dict[str, str], offset: int) -> tuple[str, datetime]:
+    """A signed token for the next page and the moment it expires (whole seconds, UTC)."""
+    expires = (utcnow() + TOKEN_TTL).replace(microsecond=0)
     payload = base64.urlsafe_b64encode(
-        json.dumps({**args, "offset": offset}, sort_keys=True).encode()
+        json.dumps(
+            {**args, "offset": offset, "exp": int(expires.timestamp())}, sort_keys=True
+        ).encode()
     ).decode()
-    return f"{payload}.{_sign(payload)}"
+    return f"{payload}.{_sign(payload)}", expires
 
 
 def _read_token(token: str) -> dict[str, Any]:
     payload, _, sig = token.partition(".")
     if not payload or not hmac.compare_digest(sig, _sign(payload)):
-        raise OaiError("badResumptionToken", "the resumption token is invalid or expired")
+        raise OaiError("badResumptionToken", "the resumption token is invalid")
     try:
         data = json.loads(base64.urlsafe_b64decode(payload.encode()))
     except (ValueError, json.JSONDecodeError):
         raise OaiError("badResumptionToken", "the resumption token is invalid") from None
-    if not isinstance(data, dict) or not isinstance(data.get("offset"), int):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("offset"), int)
+        or not isinstance(data.get("exp"), int)
+    ):
         raise OaiError("badResumptionToken", "the resumption token is invalid")
+    if utcnow().timestamp() > data.pop("exp"):
+        raise OaiError("badResumptionToken", "the resumption token has expired; start again")
     return data
 
 
@@ -328,9 +341,9 @@ def _dispatch(verb: str, args: dict[str, str], body: ET.Element) -> None:
         keep = {
             k: v for k, v in args.items() if k in ("metadataPrefix", "set", "from", "until") and v
         }
-        token = _make_token(keep, offset + PAGE_SIZE) if offset + PAGE_SIZE < len(items) else ""
-        ET.SubElement(
-            body,
-            _q("resumptionToken"),
-            {"completeListSize": str(len(items)), "cursor": str(offset)},
-        ).text = token
+        attrs = {"completeListSize": str(len(items)), "cursor": str(offset)}
+        token = ""
+        if offset + PAGE_SIZE < len(items):
+            token, expires = _make_token(keep, offset + PAGE_SIZE)
+            attrs["expirationDate"] = _stamp(expires)
+        ET.SubElement(body, _q("resumptionToken"), attrs).text = token

@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response
 
 from repository.errors import ValidationError
 from repository.request_context import actor, db
-from repository.services import search, snapshots
+from repository.services import search, snapshots, viewer
 from repository.services.pids import minter_from_config
 from repository.web.guards import login_required
 
@@ -64,13 +64,18 @@ def search_page() -> str | tuple[str, int]:
     try:
         query = search.parse_query(params)
         page, per_page = search.parse_page(params)
+        after = search.parse_cursor(params)
     except ValidationError as exc:
         error = exc.message
-        query, page, per_page = search.CohortQuery(), 1, 25
-    result = search.search(session, current, query, page=page, per_page=per_page)
+        query, page, per_page, after = search.CohortQuery(), 1, 25, None
+    result = search.search(session, current, query, page=page, per_page=per_page, after=after)
+    looks = viewer.quick_looks(
+        session, current, [(r["project"], r["pseudonym"]) for r in result.subjects]
+    )
     return render_template(
         "search/search.html",
         result=result,
+        looks=looks,
         query=query,
         query_json=json.dumps(query.to_dict(), sort_keys=True),
         error=error,

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from werkzeug.wrappers import Response
 
 from repository.errors import BadRequest
@@ -114,6 +123,20 @@ def report(upload_id: int) -> Response:
     return response
 
 
+@bp.post("/uploads/<int:upload_id>/retry")
+@login_required
+def retry(upload_id: int) -> Response:
+    """The Retry button: queue the upload's failed stages again (audited, project uploaders)."""
+    upload = uploads.get_upload(db(), actor(), upload_id)
+    queued = uploads.retry_failed(db(), actor(), upload, ext().dispatch)
+    db().commit()
+    if queued:
+        flash(f"Retrying {len(queued)} failed stage(s).", "success")
+    else:
+        flash("No failed stage to retry.", "info")
+    return redirect(url_for("uploads.upload_detail", upload_id=upload_id))
+
+
 @bp.get("/uploads")
 @login_required
 def upload_list() -> str:
@@ -129,4 +152,9 @@ def upload_list() -> str:
 def upload_detail(upload_id: int) -> str:
     upload = uploads.get_upload(db(), actor(), upload_id)
     data = uploads.upload_json(db(), upload)
-    return render_template("uploads/detail.html", upload=data, report=upload.report)
+    return render_template(
+        "uploads/detail.html",
+        upload=data,
+        report=upload.report,
+        visits=uploads.upload_visits(db(), actor(), upload),
+    )

@@ -117,6 +117,8 @@ WEB_ROUTES = [
     ("/requests", {}, 200),
     ("/requests/{request}", {"researcher": 200, "dac": 200, "owner": 200, "admin": 200}, 404),
     ("/requests/999999", {}, 404),
+    # this request has no ethics approval (see test_consent_ethics for one that has)
+    ("/requests/{request}/ethics-approval", {"admin": 403}, 404),
     ("/grants/{grant}", {"grantee": 200, "dac": 200, "owner": 200, "admin": 200}, 404),
     ("/grants/999999", {}, 404),
 ]
@@ -155,6 +157,10 @@ API_ROUTES = [
         404,
     ),
     ("POST", "/api/v1/projects/alpha/subjects/S1/erase", {"owner": 422}, 403),
+    # register a participant not uploaded yet (the empty body is then invalid)
+    ("POST", "/api/v1/projects/alpha/participants", {"investigator": 422, "owner": 422}, 403),
+    ("POST", "/api/v1/projects/beta/participants", {"admin": 403, "beta_grantee": 403}, 404),
+    ("GET", "/api/v1/access-requests/{request}/ethics-approval", {"admin": 403}, 404),
 ]
 
 

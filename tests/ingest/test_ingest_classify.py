@@ -242,7 +242,7 @@ SE = {"ScanningSequence": "SE", "RepetitionTime": "3000"}
             ],
             {**SIEMENS, "ScanningSequence": "EP"},
             "dti",
-            {"unknown"},
+            {"magnitude"},
         ),
         (
             [
@@ -275,7 +275,7 @@ def test_vendor_series_classification(images, common, label, parts) -> None:
     assert result.label == label, result.reason
     assert set(result.part_names) == parts
     assert result.rule_id is not None
-    assert result.rules_version == "1"
+    assert result.rules_version == "2"
 
 
 def test_enhanced_mese_is_classified_from_functional_groups() -> None:
@@ -345,7 +345,7 @@ def _table() -> dict[str, Any]:
 
 def test_shipped_table_loads() -> None:
     table = load_rule_table(RULES_DIR / "classification-v1.json")
-    assert table.version == "1"
+    assert table.version == "2"
     assert {r.label for r in table.series_rules} <= {
         "dixon",
         "megre",
@@ -354,6 +354,7 @@ def test_shipped_table_loads() -> None:
         "t2w",
         "stir",
         "dti",
+        "dti_derived",
         "localizer",
     }
 

@@ -63,3 +63,71 @@ def test_investigator_uploads_real_folder_and_watches_progress(
 def _run(app: Flask, upload_id: int) -> None:
     with app.app_context():
         run_local(app.extensions["myovault"], upload_id)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_interrupted_upload_resumes_after_reload_without_choosing_files(
+    browser: object, live_server: str, world: World, app: Flask, shared_data: Path
+) -> None:
+    """The connection drops mid-upload and the page is reloaded: the browser kept the File
+    objects in IndexedDB, offers Resume, and sends only what the server does not have."""
+    from playwright.sync_api import expect
+    from sqlalchemy import select
+
+    from repository.models import FileState, Upload, UploadFile
+
+    files = sorted(str(p) for p in (shared_data / "real" / "siemens_mese_thigh").glob("*.dcm"))
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(f"{live_server}/login")
+    page.fill("#email", world.emails["investigator"])
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server}/dashboard")
+    page.goto(f"{live_server}/projects/alpha/upload")
+    expect(page.locator("[data-testid=resume-box]")).to_be_hidden()
+    sent: list[str] = []
+    cut_after = 40
+
+    def network(route: object) -> None:
+        if len(sent) >= cut_after:
+            route.abort()  # type: ignore[attr-defined]  # the connection drops
+            return
+        sent.append(route.request.url)  # type: ignore[attr-defined]
+        route.continue_()  # type: ignore[attr-defined]
+
+    page.route("**/chunk", network)
+    page.set_input_files("#pick-files", files)
+    page.click("[data-testid=start-upload]")
+    expect(page.locator("#upload-error")).to_be_visible(timeout=60_000)
+    page.unroute("**/chunk")
+    ext = app.extensions["myovault"]
+    with ext.db.transaction() as s:
+        (upload,) = s.scalars(select(Upload)).all()
+        upload_id = upload.id
+        states = [f.state for f in s.scalars(select(UploadFile))]
+    assert states.count(FileState.RECEIVED) == cut_after
+    assert states.count(FileState.UPLOADING) == len(files) - cut_after
+    # the laptop lid closes; later the page is opened again: no file chooser is touched
+    resent: list[str] = []
+    page.on(
+        "request",
+        lambda request: resent.append(request.url) if request.url.endswith("/chunk") else None,
+    )
+    page.reload()
+    expect(page.locator("[data-testid=resume-box]")).to_be_visible(timeout=10_000)
+    assert f"Upload {upload_id} ({len(files)} files)" in page.locator("#resume-text").inner_text()
+    screenshot(page, "upload-resume-offered")
+    page.click("[data-testid=resume-upload]")
+    page.wait_for_url(re.compile(rf".*/uploads/{upload_id}$"), timeout=120_000)
+    assert len(resent) == len(files) - cut_after  # only what the server did not have
+    with ext.db.transaction() as s:
+        upload = s.get(Upload, upload_id)
+        assert upload is not None and upload.state.value != "open"  # completed
+        states = [f.state for f in s.scalars(select(UploadFile))]
+    assert FileState.UPLOADING not in states and len(states) == len(files)
+    # the finished upload is forgotten: no Resume offered any more
+    page.goto(f"{live_server}/projects/alpha/upload")
+    page.wait_for_timeout(500)
+    expect(page.locator("[data-testid=resume-box]")).to_be_hidden()
+    context.close()

@@ -149,3 +149,59 @@ def test_dicom_receiver_with_a_real_c_store(app: Flask, world: World, tmp_path: 
         states = [f.state for f in upload.files]
     assert states == [FileState.CONVERTED] * len(files)
     assert list(ext.store.iter_keys("quarantine/")) == []
+
+
+def test_receiver_restart_mid_study_continues_the_same_upload(
+    app: Flask, world: World, tmp_path: Path
+) -> None:
+    """A receiver killed mid-study (no flush) and restarted: the rest of the study, sent in a
+    second association, lands in the same upload; a stale open upload is completed."""
+    import pydicom
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    from ingest.receiver import StudyReceiver, parse_ae_table
+    from repository.services.uploads import CStoreIngest
+
+    src = _visit1(tmp_path)
+    files = sorted(src.rglob("*.dcm"))
+    half = len(files) // 2
+    ext = app.extensions["myovault"]
+    table = parse_ae_table({"SCANNER1": {"project": "alpha", "site": "S1"}})
+
+    def send(paths: list[Path]) -> None:
+        bridge = CStoreIngest(ext, dispatch=lambda _id: None)
+        receiver = StudyReceiver(table, bridge.stage, bridge.study_complete, quiet_seconds=60)
+        host, port = receiver.start("127.0.0.1", 0)
+        try:
+            scu = AE(ae_title="SCANNER1")
+            scu.add_requested_context(MRImageStorage)
+            assoc = scu.associate(host, port, ae_title="MYOVAULT")
+            assert assoc.is_established
+            for path in paths:
+                assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0x0000
+            assoc.release()
+        finally:
+            receiver.stop(flush=False)  # the process dies: nothing completed, memory lost
+
+    send(files[:half])
+    send(files[half:])  # a new process, a new association, the same study
+    with ext.db.transaction() as s:
+        uploads = s.scalars(select(Upload).where(Upload.source == "cstore")).all()
+        assert len(uploads) == 1
+        (upload,) = uploads
+        assert len(upload.files) == len(files) and upload.state.value == "open"
+        assert "study_sha256" in upload.report["cstore"]
+        study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+        assert study_uid not in str(upload.report) and study_uid not in upload.label
+        upload_id = upload.id
+    done: list[int] = []
+    bridge = CStoreIngest(ext, dispatch=lambda _id: None, on_complete=done.append)
+    assert bridge.complete_stale(3600) == []  # not quiet for an hour yet
+    assert bridge.complete_stale(0) == [upload_id] and done == [upload_id]
+    with app.app_context():
+        run_local(ext, upload_id)
+    with ext.db.transaction() as s:
+        upload = s.get(Upload, upload_id)
+        assert upload is not None
+        assert [f.state for f in upload.files] == [FileState.CONVERTED] * len(files)

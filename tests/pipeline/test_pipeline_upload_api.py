@@ -205,6 +205,7 @@ def test_pipeline_end_to_end_and_quarantine_deleted(
     assert result["state"] == "done", result["needs_attention"]
     assert result["counts"] == {"converted": len(cohort_bytes)}
     assert [(j["kind"], j["status"]) for j in result["jobs"]] == [
+        ("pipeline.checksum", "done"),
         ("pipeline.deidentify", "done"),
         ("pipeline.verify", "done"),
         ("pipeline.convert", "done"),
@@ -232,7 +233,11 @@ def test_pipeline_end_to_end_and_quarantine_deleted(
         derivatives = s.scalars(select(Derivative)).all()
         kinds = {d.kind for d in derivatives}
         assert {"T2", "FF"} <= kinds, kinds  # water T2 from MESE, FF from vendor Dixon
-        maps = [d for d in derivatives if d.kind not in ("LABELS", "LABELS_JSON", "METRICS_TSV")]
+        maps = [
+            d
+            for d in derivatives
+            if d.kind not in ("LABELS", "LABELS_JSON", "METRICS_TSV", "THUMBNAIL")
+        ]
         assert all(d.software == "myovault-qmri" and d.software_version for d in maps)
         segmentations = [d for d in derivatives if d.kind == "LABELS"]
         assert segmentations and all(d.model_version for d in segmentations)
@@ -308,3 +313,54 @@ def test_cancel_deletes_the_received_bytes(app: Flask, client: FlaskClient, toke
     assert _quarantine_keys(app) == []
     again = send(client, token, upload["id"], upload["files"][0]["id"], body[4096:], 4096)
     assert again.status_code == 409
+
+
+def test_last_chunk_never_rereads_the_file_and_the_pipeline_checks_it(
+    app: Flask, client: FlaskClient, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks served by different web processes (no running digest here): the last chunk
+    reads at most the first chunk (to sniff the type); pipeline.checksum finds the mismatch."""
+    from repository.services import uploads
+
+    body = b"\0" * 128 + b"DICM" + bytes(range(256)) * 64
+    spec = {"path": "IM1.dcm", "size": len(body), "sha256": sha(body[:-1] + b"?")}  # lies
+    r = client.post("/api/v1/projects/alpha/uploads", json={"files": [spec]}, headers=auth(token))
+    upload = r.get_json()["upload"]
+    fid = upload["files"][0]["id"]
+    store = app.extensions["myovault"].store
+    opened: list[str] = []
+    real_open = store.open
+
+    def counting_open(key: str, **kwargs: Any) -> Any:
+        opened.append(key)
+        return real_open(key, **kwargs)
+
+    monkeypatch.setattr(store, "open", counting_open)
+    for offset in range(0, len(body), 4096):
+        uploads._RUNNING.clear()  # the next chunk lands on another process
+        r = send(client, token, upload["id"], fid, body[offset : offset + 4096], offset)
+        assert r.status_code == 200
+    assert len(opened) == 1  # the first chunk, for the DICM sniff; never the whole file
+    assert r.get_json()["file"]["state"] == "received"
+    done = _complete_and_run(app, client, token, upload["id"])
+    (item,) = done["files"]
+    assert item["state"] == "rejected" and item["reason"] == "checksum_mismatch"
+    assert done["state"] == "attention"
+    assert [j["kind"] for j in done["jobs"]] == ["pipeline.checksum"]
+    assert _quarantine_keys(app) == []
+    with app.extensions["myovault"].db.transaction() as s:
+        actions = set(s.scalars(select(AuditEvent.action)))
+    assert "upload.file_checksum_failed" in actions
+
+
+def test_last_chunk_checks_the_running_digest_in_one_process(
+    app: Flask, client: FlaskClient, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = b"\0" * 128 + b"DICM" + bytes(range(256)) * 64
+    upload = create(client, token, {"IM1.dcm": body}).get_json()["upload"]
+    fid = upload["files"][0]["id"]
+    store = app.extensions["myovault"].store
+    monkeypatch.setattr(store, "open", lambda *a, **k: pytest.fail("the file was re-read"))
+    for offset in range(0, len(body), 4096):
+        r = send(client, token, upload["id"], fid, body[offset : offset + 4096], offset)
+    assert r.get_json()["file"]["state"] == "received"

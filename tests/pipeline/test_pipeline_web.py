@@ -69,3 +69,55 @@ def test_browser_protocol_needs_csrf_and_reaches_done(
     report = client.get(f"/uploads/{upload['id']}/report.json")
     assert report.headers["Content-Disposition"].startswith("attachment")
     assert client.get("/uploads").status_code == 200
+
+
+def test_retry_button_requeues_failed_stages_audited_and_permission_checked(
+    app: Flask, client: FlaskClient, world: World
+) -> None:
+    from sqlalchemy import select
+
+    from repository.models import AuditEvent, Job, JobStatus, Project, Upload, UploadState
+
+    ext = app.extensions["myovault"]
+    with ext.db.transaction() as s:
+        project = s.scalar(select(Project).where(Project.slug == "alpha"))
+        assert project is not None
+        upload = Upload(project_id=project.id, source="web", state=UploadState.ATTENTION)
+        s.add(upload)
+        s.flush()
+        job = Job(
+            kind="pipeline.convert",
+            payload={"upload_id": upload.id},
+            status=JobStatus.FAILED,
+            error="disk full",
+            project_id=project.id,
+        )
+        s.add(job)
+        s.flush()
+        upload_id, job_id = upload.id, job.id
+    dispatched: list[int] = []
+    ext.dispatch = dispatched.append  # type: ignore[method-assign]
+    # a researcher of the project may not retry (and does not even see the upload)
+    login(client, world.emails["researcher"])
+    token = _csrf_from_dashboard(client)
+    assert client.post(f"/uploads/{upload_id}/retry", data={"csrf_token": token}).status_code == 404
+    client.post("/logout", data={"csrf_token": token})
+    login(client, world.emails["investigator"])
+    page = client.get(f"/uploads/{upload_id}").get_data(as_text=True)
+    form = re.search(r'<form[^>]*data-testid="retry-form"[^>]*>', page)
+    assert form and " hidden" not in form.group(0)  # a failed stage: the button shows
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token
+    assert client.post(f"/uploads/{upload_id}/retry").status_code == 400  # no CSRF token
+    r = client.post(f"/uploads/{upload_id}/retry", data={"csrf_token": token.group(1)})
+    assert r.status_code == 302 and r.headers["Location"].endswith(f"/uploads/{upload_id}")
+    assert dispatched == [job_id]
+    with ext.db.transaction() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.status == JobStatus.QUEUED and job.error == ""
+        assert s.get(Upload, upload_id).state == UploadState.PROCESSING  # type: ignore[union-attr]
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "upload.retry")).all()
+        assert len(events) == 1 and events[0].details["jobs"] == [job_id]
+    page = client.get(f"/uploads/{upload_id}").get_data(as_text=True)
+    form = re.search(r'<form[^>]*data-testid="retry-form"[^>]*>', page)
+    assert form and " hidden" in form.group(0)  # nothing failed any more

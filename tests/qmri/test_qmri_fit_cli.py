@@ -255,3 +255,38 @@ def test_fit_dixon_cli_vendor_water_fat(tmp_path: Path) -> None:
 def test_output_stem() -> None:
     assert output_stem("a/sub-01_ses-1_acq-x_part-real_MEGRE.nii.gz") == "sub-01_ses-1_acq-x"
     assert output_stem("sub-01_MESE.nii") == "sub-01"
+
+
+def test_fit_dixon_cli_refuses_ill_conditioned_echo_times(tmp_path: Path) -> None:
+    """TE 3.9 / 6.3 ms at 3 T (the GE B0-mapping protocol): B0 + residual only, exit status 2,
+    the reason with numbers on stderr; --allow-ill-conditioned writes FF flagged unreliable."""
+    rng = np.random.default_rng(2)
+    te = np.array([3.9, 6.3])
+    yy, xx = np.mgrid[0:20, 0:20] / 19
+    ff = np.clip(xx, 0, 0.95)[..., None] * np.ones((1, 1, 2))
+    b0 = (40 * (yy - 0.5))[..., None] * np.ones((1, 1, 2))
+    rho = (1 - ff)[..., None] + ff[..., None] * fat_signal(te, 3.0)
+    sig = 800 * rho * np.exp(2j * np.pi * b0[..., None] * te * 1e-3)
+    sig = sig + 8 * (rng.standard_normal(sig.shape) + 1j * rng.standard_normal(sig.shape))
+    side = {"EchoTime": te.tolist(), "MagneticFieldStrength": 3.0, "Manufacturer": "GE"}
+    _save(tmp_path / "sub-01_part-real_MEGRE.nii.gz", sig.real, side)
+    _save(tmp_path / "sub-01_part-imag_MEGRE.nii.gz", sig.imag, side)
+    src = str(tmp_path / "sub-01_part-real_MEGRE.nii.gz")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(fit, ["dixon", src, "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "turns by only 25 deg" in result.output and "NOT written" in result.output
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [
+        "sub-01_B0.nii.gz",
+        "sub-01_desc-dixon_RESIDUAL.nii.gz",
+    ]
+    b0_side = json.loads((out / "sub-01_B0.json").read_text())
+    assert b0_side["ModelParameters"]["well_conditioned"] is False
+    assert "uncertain by up to 29 Hz" in b0_side["Description"]
+    b0_map = nib.load(str(out / "sub-01_B0.nii.gz")).get_fdata()
+    assert np.nanmedian(np.abs(b0_map - b0)) < 30.0
+    forced = tmp_path / "forced"
+    result = CliRunner().invoke(fit, ["dixon", src, "-o", str(forced), "--allow-ill-conditioned"])
+    assert result.exit_code == 0, result.output
+    ff_side = json.loads((forced / "sub-01_FF.json").read_text())
+    assert "do not use them quantitatively" in ff_side["ModelParameters"]["ff_reliability"]

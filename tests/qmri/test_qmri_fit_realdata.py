@@ -7,6 +7,7 @@ criteria from issue 5: healthy thigh muscle FF a few %, subcutaneous fat > 85 %,
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from qmri.dixon import fit_dixon_complex, fit_dixon_magnitude_phase
+from qmri.dixon import ff_crlb_std_points, fit_dixon_complex, fit_dixon_magnitude_phase
+from qmri.run import run_dixon_fit
 from qmri.t2_fit import WaterT2Model, calibrate_fat_t2_ms, fit_water_t2
 
 OUT = Path(__file__).resolve().parents[2] / "test-output" / "qmri"
@@ -113,9 +115,13 @@ def test_musclemap_three_point_dixon(shared_data: Path) -> None:
     assert 15.0 < np.nanmedian(res.r2star_per_s[muscle]) < 60.0
 
 
-def test_ge_dual_echo_runs_and_is_flagged_ill_conditioned(shared_data: Path) -> None:
-    """The GE sample (TE 3.9/6.3 ms, a B0-mapping protocol) keeps fat nearly in phase with water
-    at both echoes: the fit completes, B0 is plausible, and the FF is flagged unreliable."""
+def test_ge_dual_echo_runs_and_is_flagged_ill_conditioned(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The GE sample ("Ax B0map", TE 3.9/6.3 ms) is truly 3 T (ImagingFrequency 127.73 MHz), so
+    the fat signal turns by only 25 deg relative to water between the echoes: the fit
+    completes, B0 is plausible, FF is flagged unreliable, and the file-level fit (CLI,
+    pipeline) refuses to write FF / water / fat (qmri/README.md has the numbers)."""
     parts: dict[tuple[int, float], list[pydicom.Dataset]] = defaultdict(list)
     for f in sorted((shared_data / "real" / "ge_megre_thigh").glob("*.dcm")):
         d = pydicom.dcmread(f)
@@ -126,6 +132,9 @@ def test_ge_dual_echo_runs_and_is_flagged_ill_conditioned(shared_data: Path) -> 
         ds = sorted(parts[(part, te)], key=lambda x: float(x.ImagePositionPatient[2]))
         return np.stack([x.pixel_array.astype(np.float32) for x in ds[12:20]], axis=-1)
 
+    first = parts[(2, 3.9)][0]
+    assert float(first.MagneticFieldStrength) == 3.0
+    assert float(first.ImagingFrequency) == pytest.approx(3.0 * 42.577, rel=0.01)
     sig = np.stack([vol(2, t) + 1j * vol(3, t) for t in tes], axis=-1)
     mag0 = np.stack([vol(0, t) for t in tes], axis=-1)
     # The stored magnitude is |real + i imag| up to reconstruction filtering.
@@ -141,3 +150,27 @@ def test_ge_dual_echo_runs_and_is_flagged_ill_conditioned(shared_data: Path) -> 
     assert not res.parameters["r2star_fitted"]
     assert np.all(np.isfinite(res.ff_percent[res.mask]))
     assert np.nanpercentile(np.abs(res.b0_hz[res.mask]), 90) < 300.0
+
+    # Noise-only bound at this sample's SNR (median |s1| / background sigma): FF std
+    # >= 4 points even with a perfect B0 map, vs < 1 point for a 1.15/2.3 ms pair.
+    sigma = float(np.std(sig[..., 0].real[np.abs(sig[..., 0]) < 0.02 * np.abs(sig).max()]))
+    snr = float(np.median(np.abs(sig[..., 0])[res.mask])) / sigma
+    assert 30.0 < snr < 300.0
+    assert ff_crlb_std_points(tes, 3.0, 5.0, snr, b0_known=True) > 3.0
+    assert ff_crlb_std_points([1.15, 2.3], 3.0, 5.0, snr) < 1.0
+    # The file-level fit refuses FF and says why.
+    affine = np.diag([1.84, 1.84, 5.0, 1.0])
+    side = {"EchoTime": tes, "MagneticFieldStrength": 3.0, "Manufacturer": "GE"}
+    for part, data in (("real", sig.real), ("imag", sig.imag)):
+        path = tmp_path / f"sub-ge_part-{part}_MEGRE.nii.gz"
+        nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(path))
+        path.with_name(path.name.replace(".nii.gz", ".json")).write_text(json.dumps(side))
+    warnings: list[str] = []
+    written = run_dixon_fit(
+        tmp_path / "sub-ge_part-real_MEGRE.nii.gz", tmp_path / "out", warn=warnings.append
+    )
+    assert sorted(p.name for p in written) == [
+        "sub-ge_B0.nii.gz",
+        "sub-ge_desc-dixon_RESIDUAL.nii.gz",
+    ]
+    assert len(warnings) == 1 and "25 deg" in warnings[0] and "NOT written" in warnings[0]

@@ -76,6 +76,33 @@ def test_accuracy_smooth_b1_with_regularisation() -> None:
     assert np.median(np.abs(reg.ff_percent - 100 * ff)) <= 2.5
 
 
+def test_b1_estimated_on_subgrid_is_as_accurate() -> None:
+    """With wide B1 smoothing (6 voxels) B1 is estimated on every 3rd voxel in-plane only (the
+    fast path of the whole-thigh goal); the maps match the every-voxel estimate."""
+    rng = np.random.default_rng(11)
+    ny, nx = 60, 60
+    yy, xx = np.mgrid[0:ny, 0:nx] / (ny - 1.0)
+    b1 = np.repeat((0.7 + 0.4 * (0.5 * xx + 0.5 * yy**2))[..., None], 2, axis=2)
+    t2 = rng.uniform(25, 50, b1.shape)
+    ff = rng.uniform(0, 0.9, b1.shape)
+    model = WaterT2Model()
+    _, noisy = _simulate(t2, ff, b1, rng, model)
+    sigma = (6.0, 6.0, 1.0)
+    fast = fit_water_t2(noisy, TE_MS, model=model, b1_smoothing_sigma_vox=sigma)
+    full = fit_water_t2(
+        noisy, TE_MS, model=model, b1_smoothing_sigma_vox=sigma, b1_estimation_stride=1
+    )
+    assert fast.parameters["b1_estimation_stride"] == 3
+    assert full.parameters["b1_estimation_stride"] == 1
+    sel = ff < 0.6
+    err_fast = np.median(np.abs(fast.water_t2_ms - t2)[sel])
+    err_full = np.median(np.abs(full.water_t2_ms - t2)[sel])
+    assert err_fast <= 2.0 and err_fast <= err_full + 0.1
+    assert np.median(np.abs(fast.b1 - b1)) < 0.02
+    assert np.median(np.abs(fast.b1 - full.b1)) < 0.01
+    assert np.median(np.abs(fast.ff_percent - 100 * ff)) <= 2.5
+
+
 def test_noiseless_recovery_and_known_b1() -> None:
     rng = np.random.default_rng(3)
     n = 500

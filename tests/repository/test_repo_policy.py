@@ -81,9 +81,17 @@ EXPECTED["owner"] |= {
     "project.manage_dac",
     "project.manage_grants",
     "project.view_processing_record",
+    "project.view_ethics_approval",
 }
 EXPECTED["investigator"] |= {"project.manage_consent"}
-EXPECTED["dac"] |= {"project.decide_requests", "project.manage_grants"}
+EXPECTED["dac"] |= {
+    "project.decide_requests",
+    "project.manage_grants",
+    "project.view_ethics_approval",
+}
+# label correction in the viewer (issue 9)
+EXPECTED["owner"] |= {"project.edit_labels"}
+EXPECTED["investigator"] |= {"project.edit_labels"}
 
 
 def test_role_matrix_on_a_public_project(app, world):

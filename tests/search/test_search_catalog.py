@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -328,6 +329,65 @@ def test_oai_pmh_validates_against_the_protocol_schema(app, client, filled, monk
     ):
         root = _validate_oai(client.get(f"/oai?{query}").get_data(as_text=True))
         assert root.find("o:error", ns).get("code") == code, query
+
+
+def test_oai_resumption_tokens_expire_and_cannot_be_forged(app, client, filled, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    ns = {"o": oai.OAI_NS}
+    monkeypatch.setattr(oai, "PAGE_SIZE", 1)  # alpha and one snapshot: two pages
+    ext = app.extensions["myovault"]
+    with ext.db.transaction() as session:
+        snapshots.freeze(
+            session,
+            _actor(session, filled.emails["researcher"]),
+            search.CohortQuery(),
+            project_slug="alpha",
+            title="one",
+            minter=LocalMinter(),
+            base_url="http://x",
+        )
+    first = _validate_oai(
+        client.get("/oai?verb=ListIdentifiers&metadataPrefix=oai_dc").get_data(as_text=True)
+    )
+    token = first.find(".//o:resumptionToken", ns)
+    expires = datetime.strptime(token.get("expirationDate"), "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC
+    )
+    now = datetime.now(UTC)
+    assert now + oai.TOKEN_TTL - timedelta(minutes=5) < expires <= now + oai.TOKEN_TTL
+    url = f"/oai?verb=ListIdentifiers&resumptionToken={token.text}"
+
+    def error(path: str) -> tuple[str | None, str]:
+        root = _validate_oai(client.get(path).get_data(as_text=True))
+        found = root.find("o:error", ns)
+        return (None, "") if found is None else (found.get("code"), found.text or "")
+
+    assert error(url) == (None, "")  # valid now
+    # just before expiry still valid, just after it is refused
+    monkeypatch.setattr(oai, "utcnow", lambda: expires - timedelta(seconds=1))
+    assert error(url) == (None, "")
+    monkeypatch.setattr(oai, "utcnow", lambda: expires + timedelta(seconds=1))
+    code, message = error(url)
+    assert code == "badResumptionToken" and "expired" in message
+    monkeypatch.undo()
+    # a token whose payload was altered (e.g. a later expiry) fails its signature
+    payload, _, sig = token.text.partition(".")
+    forged = base64.urlsafe_b64encode(
+        json.dumps({**json.loads(base64.urlsafe_b64decode(payload)), "exp": 4102444800}).encode()
+    ).decode()
+    assert error(f"/oai?verb=ListIdentifiers&resumptionToken={forged}.{sig}")[0] == (
+        "badResumptionToken"
+    )
+    # a correctly signed token without an expiry (an old-format token) is refused too
+    with app.test_request_context():
+        old = base64.urlsafe_b64encode(
+            json.dumps({"metadataPrefix": "oai_dc", "offset": 1}).encode()
+        ).decode()
+        old_token = f"{old}.{oai._sign(old)}"
+    assert error(f"/oai?verb=ListIdentifiers&resumptionToken={old_token}")[0] == (
+        "badResumptionToken"
+    )
 
 
 def test_rest_api_search_and_snapshot(app, client, filled):

@@ -81,6 +81,32 @@ async function chunkSha(bytes) {
   return h.hex();
 }
 
+// ---- unfinished uploads kept in IndexedDB (File objects are structured-cloneable) --------------
+// One record per project: { files: File[], specs, uploadId, statusUrl }. On the next visit the
+// page offers "Resume" and continues from the server's offsets without the file chooser.
+const IDB_NAME = "myovault-uploads";
+function idb() {
+  return new Promise((resolve, reject) => {
+    if (!window.indexedDB) { reject(new Error("no IndexedDB")); return; }
+    const request = indexedDB.open(IDB_NAME, 1);
+    request.onupgradeneeded = () => request.result.createObjectStore("pending");
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+async function idbDo(mode, action) {
+  const db = await idb();
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction("pending", mode);
+    const request = action(tx.objectStore("pending"));
+    tx.oncomplete = () => { db.close(); resolve(request.result); };
+    tx.onerror = () => { db.close(); reject(tx.error); };
+  });
+}
+const pendingGet = (key) => idbDo("readonly", (s) => s.get(key)).catch(() => undefined);
+const pendingPut = (key, value) => idbDo("readwrite", (s) => s.put(value, key)).catch(() => undefined);
+const pendingDelete = (key) => idbDo("readwrite", (s) => s.delete(key)).catch(() => undefined);
+
 // ---- upload page ------------------------------------------------------------------------------
 function fileKey(file) {
   return [file.webkitRelativePath || file.name, file.size, file.lastModified].join("|");
@@ -129,8 +155,10 @@ function initUploadPage(app) {
     return { status: response.status, data };
   }
 
-  async function run() {
+  async function run(resume) {
+    if (resume) files = resume.files;
     start.disabled = true;
+    resumeBox.hidden = true;
     errorBox.hidden = true;
     table.hidden = false;
     rowsBody.textContent = "";
@@ -149,10 +177,10 @@ function initUploadPage(app) {
       rowsBody.appendChild(tr);
       rows.set(file, { bar, state });
     }
-    // 1. whole-file sha256 (read in chunks: memory stays flat)
+    // 1. whole-file sha256 (read in chunks: memory stays flat); known already when resuming
     let hashed = 0;
-    const specs = [];
-    for (const file of files) {
+    const specs = resume ? resume.specs : [];
+    for (const file of resume ? [] : files) {
       const h = new Sha256();
       for (let off = 0; off < file.size; off += chunkBytes) {
         h.update(new Uint8Array(await file.slice(off, off + chunkBytes).arrayBuffer()));
@@ -167,7 +195,11 @@ function initUploadPage(app) {
     const saved = JSON.parse(localStorage.getItem(storeKey) || "null");
     const signature = files.map(fileKey).join("\n");
     let upload = null;
-    if (saved && saved.signature === signature) {
+    if (resume) {
+      const r = await api("GET", resume.statusUrl);
+      if (r.status === 200 && r.data.upload.state === "open") upload = r.data.upload;
+      else { await pendingDelete(storeKey); showError("that upload can no longer be resumed"); start.disabled = false; return; }
+    } else if (saved && saved.signature === signature) {
       const r = await api("GET", saved.statusUrl);
       if (r.status === 200 && r.data.upload.state === "open") upload = r.data.upload;
     }
@@ -180,6 +212,11 @@ function initUploadPage(app) {
       localStorage.setItem(storeKey, JSON.stringify({
         signature, statusUrl: "/uploads/" + upload.id + "/status.json",
       }));
+    }
+    if (!resume) {
+      await pendingPut(storeKey, {
+        files, specs, uploadId: upload.id, statusUrl: "/uploads/" + upload.id + "/status.json",
+      });
     }
     const byPath = new Map(upload.files.map((f) => [f.path, f]));
     // 3. send the chunks from each file's server-side offset
@@ -216,11 +253,29 @@ function initUploadPage(app) {
     const done = await api("POST", "/uploads/" + upload.id + "/complete");
     if (done.status !== 202) { showError(done.data.message || "the upload is incomplete: choose the files again to resume"); start.disabled = false; return; }
     localStorage.removeItem(storeKey);
+    await pendingDelete(storeKey);
     overall.value = 1;
     overallText.textContent = "uploaded; processing";
     window.location.assign("/uploads/" + upload.id);
   }
   start.addEventListener("click", () => { run().catch((err) => { showError(String(err)); start.disabled = false; }); });
+
+  // an unfinished upload of this project from an earlier visit: offer to resume it
+  const resumeBox = document.getElementById("resume-box");
+  const resumeButton = document.getElementById("resume-upload");
+  pendingGet(storeKey).then(async (saved) => {
+    if (!saved || !saved.files || !saved.files.length) return;
+    const r = await api("GET", saved.statusUrl);
+    if (r.status !== 200 || r.data.upload.state !== "open") { await pendingDelete(storeKey); return; }
+    const received = r.data.upload.bytes_received, total = r.data.upload.bytes_total;
+    document.getElementById("resume-text").textContent = "Upload " + saved.uploadId + " (" +
+      saved.files.length + " files) stopped at " + Math.round(100 * received / (total || 1)) +
+      "%.";
+    resumeBox.hidden = false;
+    resumeButton.addEventListener("click", () => {
+      run(saved).catch((err) => { showError(String(err)); start.disabled = false; });
+    });
+  });
 }
 
 // ---- detail page: poll the status -------------------------------------------------------------
@@ -244,6 +299,8 @@ function initStatusPage(panel) {
       li.prepend(bar);
       jobs.appendChild(li);
     }
+    const retry = document.getElementById("retry-form");
+    if (retry) retry.hidden = !upload.jobs.some((job) => job.status === "failed");
     const attention = document.getElementById("attention-rows");
     attention.textContent = "";
     for (const f of upload.needs_attention) {

@@ -62,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
     "SMTP_CA_FILE": None,  # extra CA for the relay's certificate (always verified)
     # periodic jobs (issue 7): Celery beat (`myovault beat`) or the embedded scheduler
     "ACCESS_REMINDERS_INTERVAL_S": 24 * 3600,
+    # every stored object re-read and its sha256 checked (issue 4, fixity); weekly
+    "FIXITY_INTERVAL_S": 7 * 24 * 3600,
+    # quarantine originals past QUARANTINE_RETENTION_S deleted
+    "QUARANTINE_PURGE_INTERVAL_S": 3600,
     "ADMIN_EMAIL": None,  # shown to harvesters (OAI-PMH Identify)
     # DataCite DOI minting (issue 8); without it, snapshots get local persistent identifiers
     "DATACITE_API_URL": None,

@@ -29,9 +29,15 @@ log = logging.getLogger(__name__)
 #: twice.
 PERIODIC: dict[str, tuple[str, str]] = {
     "access-reminders": ("myovault.periodic.access_reminders", "ACCESS_REMINDERS_INTERVAL_S"),
+    "fixity-check": ("myovault.periodic.fixity_check", "FIXITY_INTERVAL_S"),
+    "quarantine-purge": ("myovault.periodic.quarantine_purge", "QUARANTINE_PURGE_INTERVAL_S"),
 }
 #: Job kind enqueued by each periodic task.
-PERIODIC_JOBS = {"myovault.periodic.access_reminders": "access.reminders"}
+PERIODIC_JOBS = {
+    "myovault.periodic.access_reminders": "access.reminders",
+    "myovault.periodic.fixity_check": "fixity.check",
+    "myovault.periodic.quarantine_purge": "quarantine.purge",
+}
 
 
 def broker_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -169,10 +175,15 @@ def make_celery(app: Flask) -> Celery:
         ext = app.extensions["myovault"]
         return jobs.run(ext.db, job_id, ext.services()).value
 
-    @celery.task(name="myovault.periodic.access_reminders", shared=False)
-    def access_reminders() -> int | None:
-        """Sent by beat: queue today's reminder job (its handler does the work)."""
-        return enqueue_periodic(app, "access-reminders")
+    def periodic_task(entry: str) -> Callable[[], int | None]:
+        def send() -> int | None:
+            """Sent by beat: queue this slot's job (its handler does the work)."""
+            return enqueue_periodic(app, entry)
+
+        return send
+
+    for entry, (task_name, _) in PERIODIC.items():
+        celery.task(name=task_name, shared=False)(periodic_task(entry))
 
     app.extensions["myovault.celery"] = celery
     return celery

@@ -527,6 +527,26 @@ def open_version(
 # --- the recompute job ------------------------------------------------------------------------
 
 
+def _corrected_thumbnail(
+    store: Any,
+    image_key: str | None,
+    label_img: nib.Nifti1Image,
+    label_key: str,
+    pseudonym: str,
+    where: Path,
+) -> Any:
+    """Store the series' thumbnail redrawn with a corrected label version (None without image)."""
+    from repository.services.pipeline_segment import _thumbnail
+
+    if image_key is None or not store.exists(image_key):
+        return None
+    image_path = where / "image.nii.gz"
+    store.copy_to_file(image_key, image_path)
+    png = _thumbnail(image_path, label_img)
+    key = label_key.removesuffix(".nii.gz") + "_thumbnail.png"
+    return store.put(key, io.BytesIO(png), subject=pseudonym)
+
+
 @handler(RECOMPUTE_JOB)
 def recompute_metrics(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Per-muscle metrics of a corrected label version; replaces the series' metric rows."""
@@ -556,6 +576,8 @@ def recompute_metrics(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any
         erosion = int(derivative.parameters.get("erosion_voxels", 1))
         chain_ids = [d.id for d in chain]
         tag = f"{derivative.model_version}+corrected.v{version}"[:100]
+        series = session.get(Series, series_id) if series_id else None
+        image_key = f"mids/p{project_id}/{series.mids_path}.nii.gz" if series else None
     ctx.progress(0.1, "reading labels and maps")
     with tempfile.TemporaryDirectory(prefix="myovault-labels-") as tmp:
         where = Path(tmp)
@@ -588,6 +610,7 @@ def recompute_metrics(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any
         tsv_key = label_key.removesuffix(".nii.gz") + "_metrics.tsv"
         with open(tsv, "rb") as fh:
             tsv_info = store.put(tsv_key, fh, subject=pseudonym)
+        thumb_info = _corrected_thumbnail(store, image_key, label_img, label_key, pseudonym, where)
     ctx.progress(0.8, "storing metrics")
     values = metric_rows(to_long_records(rows))
     with ctx.db.transaction() as session:
@@ -621,6 +644,36 @@ def recompute_metrics(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any
                     created_by_id=derivative.created_by_id,
                 )
             )
+        if thumb_info is not None:  # the quick look shows the corrected labels too
+            thumb_obj = session.scalar(
+                select(StoredObject).where(StoredObject.key == thumb_info.key)
+            ) or StoredObject(key=thumb_info.key, kind="derivative", content_type="image/png")
+            thumb_obj.size, thumb_obj.sha256, thumb_obj.key_id = (
+                thumb_info.size,
+                thumb_info.sha256,
+                thumb_info.key_id,
+            )
+            thumb_obj.subject_id = subject_id
+            session.add(thumb_obj)
+            session.flush()
+            if (
+                session.scalar(select(Derivative.id).where(Derivative.object_id == thumb_obj.id))
+                is None
+            ):
+                session.add(
+                    Derivative(
+                        visit_id=visit_id,
+                        series_id=series_id,
+                        kind="THUMBNAIL",
+                        object_id=thumb_obj.id,
+                        software=LABEL_EDITOR,
+                        software_version=derivative.software_version,
+                        model_version=derivative.model_version,
+                        parameters={"labels_derivative_id": derivative_id},
+                        version=version,
+                        created_by_id=derivative.created_by_id,
+                    )
+                )
         derivative.parameters = {**derivative.parameters, "qc_flags": flags, "metrics": "done"}
         removed = session.execute(
             delete(MuscleMetric)

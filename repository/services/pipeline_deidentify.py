@@ -461,4 +461,11 @@ def purge_expired(db: Any, store: Any, retention_s: int) -> int:
     return deleted
 
 
+@handler("quarantine.purge")
+def purge_job(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Periodic: delete quarantine originals kept past ``QUARANTINE_RETENTION_S``."""
+    retention_s = int(ctx.services["config"].get("QUARANTINE_RETENTION_S", 0) or 0)
+    return {"deleted": purge_expired(ctx.db, ctx.services["store"], retention_s)}
+
+
 # --- stage 3: ORMIR-MIDS ------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from celery.schedules import schedule as every
@@ -11,7 +12,7 @@ from sqlalchemy import select
 
 from repository.models import AccessRequest, Job, JobStatus, Notification
 from repository.services import jobs
-from repository.worker import EmbeddedScheduler, beat_schedule, enqueue_periodic
+from repository.worker import PERIODIC, EmbeddedScheduler, beat_schedule, enqueue_periodic
 from tests.consent.consent_helpers import add_subject, give_consent, user
 
 DAY = timedelta(days=1)
@@ -25,7 +26,7 @@ def test_beat_schedule_runs_the_reminder_task_daily(app):
     assert entry["schedule"].run_every == DAY
     assert "myovault.periodic.access_reminders" in celery.tasks
     # the interval is configuration, not code
-    assert beat_schedule({"ACCESS_REMINDERS_INTERVAL_S": 3600})["access-reminders"][
+    assert beat_schedule({**app.config, "ACCESS_REMINDERS_INTERVAL_S": 3600})["access-reminders"][
         "schedule"
     ].run_every == timedelta(hours=1)
 
@@ -52,21 +53,28 @@ def test_periodic_jobs_are_keyed_by_interval_slot(app):
     assert app.config["DISPATCHED"] == [first, second]
 
 
+def _kinds(app, job_ids):
+    with app.extensions["myovault"].db.transaction() as session:
+        return sorted(session.scalars(select(Job.kind).where(Job.id.in_(job_ids))))
+
+
 def test_embedded_scheduler_enqueues_when_due(app):
     now = [datetime(2026, 3, 1, 8, 0, tzinfo=UTC)]
     scheduler = EmbeddedScheduler(app, clock=lambda: now[0])
     first = scheduler.tick()
-    assert len(first) == 1  # due at start
+    # every periodic job is due at start: reminders (daily), fixity (weekly), purge (hourly)
+    assert _kinds(app, first) == ["access.reminders", "fixity.check", "quarantine.purge"]
     assert scheduler.tick() == []  # not due again within the interval
-    now[0] += timedelta(hours=23)
+    now[0] += timedelta(minutes=59)
     assert scheduler.tick() == []
-    now[0] += timedelta(hours=1)
+    now[0] += timedelta(minutes=1)
+    assert _kinds(app, scheduler.tick()) == ["quarantine.purge"]  # hourly
+    now[0] += timedelta(hours=23)
     second = scheduler.tick()
-    assert len(second) == 1 and second != first
-    assert app.config["DISPATCHED"] == first + second
-    with app.extensions["myovault"].db.transaction() as session:
-        kinds = session.scalars(select(Job.kind).where(Job.id.in_(first + second))).all()
-    assert kinds == ["access.reminders", "access.reminders"]
+    assert _kinds(app, second) == ["access.reminders", "quarantine.purge"]  # daily + hourly
+    assert not set(second) & set(first)
+    now[0] += 6 * DAY
+    assert "fixity.check" in _kinds(app, scheduler.tick())  # weekly
 
 
 def test_embedded_scheduler_thread_runs_the_reminders_end_to_end(app, world):
@@ -103,13 +111,18 @@ def test_embedded_scheduler_thread_runs_the_reminders_end_to_end(app, world):
     scheduler.start()
     try:
         assert dispatched.wait(10), "the embedded scheduler queued nothing"
+        deadline = time.monotonic() + 10  # the first tick queues every periodic entry
+        while len(queued) < len(PERIODIC) and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         scheduler.stop()
-    assert len(queued) == 1
-    assert jobs.run(ext.db, queued[0], ext.services()) == JobStatus.DONE
+    with ext.db.transaction() as session:
+        reminders = [j for j in queued if session.get(Job, j).kind == "access.reminders"]
+    assert len(reminders) == 1
+    assert jobs.run(ext.db, reminders[0], ext.services()) == JobStatus.DONE
     with ext.db.transaction() as session:
         assert session.get(AccessRequest, request_id).reminded_at is not None
-        assert session.get(Job, queued[0]).result == {"reminded": 1, "escalated": 0}
+        assert session.get(Job, reminders[0]).result == {"reminded": 1, "escalated": 0}
         kinds = session.scalars(select(Notification.kind)).all()
     assert any("remind" in k for k in kinds)
 
@@ -138,3 +151,19 @@ def test_embedded_scheduler_wakes_often_enough_for_its_interval(app):
     assert EmbeddedScheduler(app).poll_s == 60.0
     app.config["ACCESS_REMINDERS_INTERVAL_S"] = 5
     assert EmbeddedScheduler(app).poll_s == 5.0
+
+
+def test_fixity_and_quarantine_purge_are_scheduled_and_run(app):
+    """Issue 4: a scheduled fixity check re-reads every object; the purge job honours retention."""
+    celery = app.extensions["myovault.celery"]
+    assert celery.conf.beat_schedule["fixity-check"]["schedule"].run_every == 7 * DAY
+    assert celery.conf.beat_schedule["quarantine-purge"]["task"] in celery.tasks
+    ext = app.extensions["myovault"]
+    job_id = celery.tasks["myovault.periodic.fixity_check"].apply().get()
+    assert jobs.run(ext.db, job_id, ext.services()) == JobStatus.DONE
+    purge_id = enqueue_periodic(app, "quarantine-purge")
+    assert jobs.run(ext.db, purge_id, ext.services()) == JobStatus.DONE
+    with ext.db.transaction() as session:
+        fixity = session.get(Job, job_id).result
+        assert fixity["ok"] is True and fixity["problems"] == []
+        assert session.get(Job, purge_id).result == {"deleted": 0}

@@ -202,6 +202,11 @@ def test_recompute_job_replaces_metrics_with_rows_of_the_new_version(
         text = ext.store.read_bytes(obj.key, expected_sha256=obj.sha256).decode()
         assert "semitendinosus" in text.splitlines()[2] or "semitendinosus" in text
         assert s.scalar(select(AuditEvent).where(AuditEvent.action == labels.RECOMPUTE_JOB))
+        # the quick look is redrawn from the corrected labels (the viewer shows the latest)
+        thumb = s.scalar(select(Derivative).where(Derivative.kind == "THUMBNAIL"))
+        assert thumb is not None and thumb.parameters["labels_derivative_id"] == d.id
+        png = ext.store.read_bytes(s.get(StoredObject, thumb.object_id).key)
+        assert png.startswith(b"\x89PNG")
     # a second correction on top of version 2, then version 3's metrics replace version 2's
     third = _edited()
     third[6:10, 0:5, 1] = 1

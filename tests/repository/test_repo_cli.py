@@ -40,10 +40,11 @@ def test_demo_prints_each_role_once(tmp_path, monkeypatch):
     runner = CliRunner()
     first = runner.invoke(main, ["demo", "--no-serve"])
     assert first.exit_code == 0, first.output
-    for role in ("admin", "owner", "investigator", "dac_member", "researcher"):
+    for role in ("admin", "owner", "investigator", "dac_member", "researcher", "grantee"):
         assert f"  {role} " in first.output
     second = runner.invoke(main, ["demo", "--no-serve"])
     assert "demo accounts exist already" in second.output
+    assert "demo grant not created" in first.output  # no cohort, nothing to grant
 
 
 def test_database_unreachable_is_a_clear_cli_error(tmp_path, monkeypatch):

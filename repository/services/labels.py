@@ -547,6 +547,45 @@ def _corrected_thumbnail(
     return store.put(key, io.BytesIO(png), subject=pseudonym)
 
 
+def _record_output(
+    session: Session,
+    labels: Derivative,
+    info: Any,
+    *,
+    subject_id: int,
+    kind: str,
+    content_type: str,
+    parameters: dict[str, Any],
+) -> None:
+    """Record a stored file made from a label version (object row + derivative, idempotent)."""
+    obj = session.scalar(select(StoredObject).where(StoredObject.key == info.key)) or StoredObject(
+        key=info.key, kind="derivative", content_type=content_type
+    )
+    obj.size, obj.sha256, obj.key_id, obj.subject_id = (
+        info.size,
+        info.sha256,
+        info.key_id,
+        subject_id,
+    )
+    session.add(obj)
+    session.flush()
+    if session.scalar(select(Derivative.id).where(Derivative.object_id == obj.id)) is None:
+        session.add(
+            Derivative(
+                visit_id=labels.visit_id,
+                series_id=labels.series_id,
+                kind=kind,
+                object_id=obj.id,
+                software=LABEL_EDITOR,
+                software_version=labels.software_version,
+                model_version=labels.model_version,
+                parameters=parameters,
+                version=labels.version,
+                created_by_id=labels.created_by_id,
+            )
+        )
+
+
 @handler(RECOMPUTE_JOB)
 def recompute_metrics(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Per-muscle metrics of a corrected label version; replaces the series' metric rows."""
@@ -616,64 +655,23 @@ def recompute_metrics(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any
     with ctx.db.transaction() as session:
         derivative = session.get(Derivative, derivative_id)
         assert derivative is not None  # noqa: S101
-        tsv_obj = session.scalar(select(StoredObject).where(StoredObject.key == tsv_info.key))
-        if tsv_obj is None:
-            tsv_obj = StoredObject(
-                key=tsv_info.key, kind="derivative", content_type="text/tab-separated-values"
+        made_from = {"labels_derivative_id": derivative_id}
+        outputs = [
+            (tsv_info, "METRICS_TSV", "text/tab-separated-values", {"erosion_voxels": erosion}),
+            (thumb_info, "THUMBNAIL", "image/png", {}),  # the quick look shows the correction
+        ]
+        for info, kind, content_type, extra in outputs:
+            if info is None:
+                continue
+            _record_output(
+                session,
+                derivative,
+                info,
+                subject_id=subject_id,
+                kind=kind,
+                content_type=content_type,
+                parameters=made_from | extra,
             )
-            session.add(tsv_obj)
-        tsv_obj.size, tsv_obj.sha256, tsv_obj.key_id = (
-            tsv_info.size,
-            tsv_info.sha256,
-            tsv_info.key_id,
-        )
-        tsv_obj.subject_id = subject_id
-        session.flush()
-        if session.scalar(select(Derivative.id).where(Derivative.object_id == tsv_obj.id)) is None:
-            session.add(
-                Derivative(
-                    visit_id=visit_id,
-                    series_id=series_id,
-                    kind="METRICS_TSV",
-                    object_id=tsv_obj.id,
-                    software=LABEL_EDITOR,
-                    software_version=derivative.software_version,
-                    model_version=derivative.model_version,
-                    parameters={"labels_derivative_id": derivative_id, "erosion_voxels": erosion},
-                    version=version,
-                    created_by_id=derivative.created_by_id,
-                )
-            )
-        if thumb_info is not None:  # the quick look shows the corrected labels too
-            thumb_obj = session.scalar(
-                select(StoredObject).where(StoredObject.key == thumb_info.key)
-            ) or StoredObject(key=thumb_info.key, kind="derivative", content_type="image/png")
-            thumb_obj.size, thumb_obj.sha256, thumb_obj.key_id = (
-                thumb_info.size,
-                thumb_info.sha256,
-                thumb_info.key_id,
-            )
-            thumb_obj.subject_id = subject_id
-            session.add(thumb_obj)
-            session.flush()
-            if (
-                session.scalar(select(Derivative.id).where(Derivative.object_id == thumb_obj.id))
-                is None
-            ):
-                session.add(
-                    Derivative(
-                        visit_id=visit_id,
-                        series_id=series_id,
-                        kind="THUMBNAIL",
-                        object_id=thumb_obj.id,
-                        software=LABEL_EDITOR,
-                        software_version=derivative.software_version,
-                        model_version=derivative.model_version,
-                        parameters={"labels_derivative_id": derivative_id},
-                        version=version,
-                        created_by_id=derivative.created_by_id,
-                    )
-                )
         derivative.parameters = {**derivative.parameters, "qc_flags": flags, "metrics": "done"}
         removed = session.execute(
             delete(MuscleMetric)

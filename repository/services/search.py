@@ -665,7 +665,9 @@ def facet_counts(
             branches.append(_sample(matching, (n + (SAMPLE_MAX - 1)) // SAMPLE_MAX))
         if listing is not None and listing.projects:
             branches.append(_page(matching, listing))
-        rows = list(session.execute(union_all(*branches) if len(branches) > 1 else branches[0]))
+        # typed as Any: mypy 2.4 crashes inferring SQLAlchemy's execute overloads for this union
+        statement: Any = union_all(*branches) if len(branches) > 1 else branches[0]
+        rows = list(session.execute(statement))
     else:
         source = select(*columns).where(*clauses).subquery("matching")
         rows = list(session.execute(_groups(source)))
@@ -676,7 +678,8 @@ def facet_counts(
         if listing is not None and listing.projects and total:
             more.append(_page(source, listing))
         if more:
-            rows += list(session.execute(union_all(*more) if len(more) > 1 else more[0]))
+            extra: Any = union_all(*more) if len(more) > 1 else more[0]  # see above (mypy)
+            rows += list(session.execute(extra))
     per_project: dict[int, int] = defaultdict(int)
     per_profile: dict[int, int] = defaultdict(int)
     sample_ids: list[int] = []

@@ -11,6 +11,7 @@ from flask import Response, jsonify, request, stream_with_context, url_for
 
 from repository.api import api_bp
 from repository.api.requests import json_body, require_user
+from repository.attachments import attachment_response
 from repository.errors import ValidationError
 from repository.models import AccessRequest, Consent, Grant, Project
 from repository.request_context import actor, db, ext
@@ -559,15 +560,8 @@ def get_ethics_approval(request_id: int) -> Response:
     require_user()
     doc, data = access.read_ethics_document(db(), actor(), request_id, ext().store)
     db().commit()  # the download is audited
-    return Response(
-        data,
-        mimetype=doc.content_type,
-        headers={
-            "Content-Disposition": f'attachment; filename="{doc.filename}"',
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-store",
-            "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(doc.object.sha256)).decode(),
-        },
+    return attachment_response(
+        data, filename=doc.filename, mimetype=doc.content_type, sha256_hex=doc.object.sha256
     )
 
 

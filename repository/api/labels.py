@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response
 
 from repository.api import api_bp
 from repository.api.requests import require_user
+from repository.attachments import attachment_response
 from repository.errors import BadRequest
 from repository.request_context import actor, db, ext
 from repository.services import labels
@@ -121,8 +122,4 @@ def label_image(derivative_id: int) -> Response:
     require_user()
     stream, size, name = labels.open_version(db(), actor(), derivative_id, store=ext().store)
     db().commit()  # the audit event
-    response = Response(stream, mimetype="application/gzip")
-    response.headers["Content-Length"] = str(size)
-    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    response.headers["Cache-Control"] = "private, no-store"
-    return response
+    return attachment_response(stream, filename=name, mimetype="application/gzip", size=size)

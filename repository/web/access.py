@@ -8,6 +8,7 @@ from flask import Blueprint, flash, redirect, render_template, request, stream_w
 from werkzeug.wrappers import Response
 
 from consent.duo import MODIFIERS, OBLIGATIONS, PURPOSES, TERMS
+from repository.attachments import attachment_response
 from repository.errors import Conflict, Forbidden, ValidationError
 from repository.models import Grant, Project, User
 from repository.request_context import actor, db, ext
@@ -184,15 +185,7 @@ def ethics_page(request_id: int) -> str:
 def ethics_file(request_id: int) -> Response:
     doc, data = access.read_ethics_document(db(), actor(), request_id, ext().store)
     db().commit()  # the download is audited
-    return Response(
-        data,
-        mimetype=doc.content_type,
-        headers={
-            "Content-Disposition": f'attachment; filename="{doc.filename}"',
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-store",
-        },
-    )
+    return attachment_response(data, filename=doc.filename, mimetype=doc.content_type)
 
 
 def _post(request_id: int, fn: Any, success: str) -> Response:

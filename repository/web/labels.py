@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
+from repository.attachments import attachment_response
 from repository.errors import BadRequest, MyoVaultError
 from repository.request_context import actor, db, ext
 from repository.security import policy
@@ -113,7 +114,4 @@ def version_image(derivative_id: int) -> Response:
     session = db()
     stream, size, name = labels.open_version(session, actor(), derivative_id, store=ext().store)
     session.commit()  # the audit event
-    response = Response(stream, mimetype="application/gzip")
-    response.headers["Content-Length"] = str(size)
-    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    return _no_store(response)
+    return attachment_response(stream, filename=name, mimetype="application/gzip", size=size)

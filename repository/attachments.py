@@ -9,7 +9,7 @@ from flask import Response
 
 
 def attachment_response(
-    body: bytes | Iterable[bytes],
+    body: str | bytes | Iterable[bytes],
     *,
     filename: str,
     mimetype: str,

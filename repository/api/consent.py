@@ -817,11 +817,5 @@ def download_package(token: str) -> Response:
     def done(sent: int, complete: bool) -> None:
         downloads.finish(database.transaction, plan.download_id, sent, complete)
 
-    return Response(
-        stream_with_context(downloads.stream_package(plan, store, done)),
-        mimetype="application/zip",
-        headers={
-            "Content-Disposition": f'attachment; filename="{plan.name}.zip"',
-            "Cache-Control": "no-store",
-        },
-    )
+    body = stream_with_context(downloads.stream_package(plan, store, done))
+    return attachment_response(body, filename=f"{plan.name}.zip", mimetype="application/zip")

@@ -18,6 +18,7 @@ from werkzeug.wrappers import Response
 
 from repository.api import api_bp
 from repository.api.requests import json_body, require_user
+from repository.attachments import attachment_response
 from repository.errors import BadRequest
 from repository.request_context import actor, db, ext
 from repository.services import projects, uploads
@@ -178,13 +179,11 @@ def get_report(upload_id: int) -> Response:
     """
     require_user()
     upload = uploads.get_upload(db(), actor(), upload_id)
-    response = Response(
-        json.dumps(upload.report, indent=2, sort_keys=True), mimetype="application/json"
+    return attachment_response(
+        json.dumps(upload.report, indent=2, sort_keys=True),
+        filename=f"upload-{upload.id}-report.json",
+        mimetype="application/json",
     )
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="upload-{upload.id}-report.json"'
-    )
-    return response
 
 
 @api_bp.route("/uploads/<int:upload_id>/files/<int:file_id>", methods=["HEAD", "GET"])

@@ -385,11 +385,4 @@ def download(token: str) -> Response:
         downloads.finish(database.transaction, plan.download_id, sent, complete)
 
     body = stream_with_context(downloads.stream_package(plan, store, done))
-    return Response(
-        body,
-        mimetype="application/zip",
-        headers={
-            "Content-Disposition": f'attachment; filename="{plan.name}.zip"',
-            "Cache-Control": "no-store",
-        },
-    )
+    return attachment_response(body, filename=f"{plan.name}.zip", mimetype="application/zip")

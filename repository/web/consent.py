@@ -10,6 +10,7 @@ from werkzeug.wrappers import Response
 
 from consent.duo import TERMS
 from consent.records import ART6_BASES, ART9_CONDITIONS
+from repository.attachments import attachment_response
 from repository.errors import Conflict, Forbidden, ValidationError
 from repository.request_context import actor, db, ext
 from repository.services import consent as consent_service
@@ -25,11 +26,7 @@ def _project(slug: str, action: str):  # type: ignore[no-untyped-def]
 
 
 def _json_download(body: str, filename: str) -> Response:
-    return Response(
-        body,
-        mimetype="application/json",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    return attachment_response(body, filename=filename, mimetype="application/json")
 
 
 @bp.get("/projects/<slug>/consent")

@@ -20,6 +20,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
+from repository.attachments import attachment_response
 from repository.errors import BadRequest
 from repository.request_context import actor, db, ext
 from repository.services import projects, uploads
@@ -114,13 +115,11 @@ def status(upload_id: int) -> Response:
 @login_required
 def report(upload_id: int) -> Response:
     upload = uploads.get_upload(db(), actor(), upload_id)
-    response = Response(
-        json.dumps(upload.report, indent=2, sort_keys=True), mimetype="application/json"
+    return attachment_response(
+        json.dumps(upload.report, indent=2, sort_keys=True),
+        filename=f"upload-{upload.id}-report.json",
+        mimetype="application/json",
     )
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="upload-{upload.id}-report.json"'
-    )
-    return response
 
 
 @bp.post("/uploads/<int:upload_id>/retry")

@@ -5,58 +5,21 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from qmri.phantom.shape_model import render_labels
 from repository.cli.segment import segment, train_segmentation
-
-MUSCLES = [
-    "biceps_femoris_long_head",
-    "biceps_femoris_short_head",
-    "semitendinosus",
-    "semimembranosus",
-    "adductor_magnus",
-    "vastus_intermedius",
-    "vastus_lateralis",
-    "vastus_medialis",
-    "rectus_femoris",
-    "gracilis",
-    "sartorius",
-]
-
-
-class Oracle(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = torch.arange(12, dtype=x.dtype).view(1, 12, 1, 1)
-        return -40.0 * (x * 11.0 - k) ** 2
+from tests.qmri.seg_oracle import write_oracle_model
 
 
 @pytest.fixture
 def models_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "models" / "oracle"
-    directory.mkdir(parents=True)
-    with warnings.catch_warnings():
-        # torch 2.13 deprecates TorchScript; admins may still bring TorchScript models
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit")
-        torch.jit.script(Oracle()).save(str(directory / "model.pt"))
-    manifest = {
-        "name": "oracle",
-        "version": "0.0.1",
-        "anatomy": "thigh",
-        "format": "torchscript",
-        "weights": "model.pt",
-        "input": {"pixel_mm": 2.0, "size_multiple": 16},
-        "network_labels": {"0": "background"} | {str(i + 1): m for i, m in enumerate(MUSCLES)},
-    }
-    (directory / "manifest.json").write_text(json.dumps(manifest), "utf-8")
-    return tmp_path / "models"
+    return write_oracle_model(tmp_path / "models")
 
 
 @pytest.fixture

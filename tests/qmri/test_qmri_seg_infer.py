@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -24,54 +22,12 @@ from qmri.segmentation import (
 from qmri.segmentation.model import UNetConfig, build_model
 from qmri.segmentation.registry import validate_manifest
 from qmri.segmentation.train import dice_per_label
-
-MUSCLES = [
-    "biceps_femoris_long_head",
-    "biceps_femoris_short_head",
-    "semitendinosus",
-    "semimembranosus",
-    "adductor_magnus",
-    "vastus_intermedius",
-    "vastus_lateralis",
-    "vastus_medialis",
-    "rectus_femoris",
-    "gracilis",
-    "sartorius",
-]
-
-
-class Oracle(torch.nn.Module):
-    """Reads the class from the intensity: images hold ``label / 11`` after normalisation."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = torch.arange(12, dtype=x.dtype).view(1, 12, 1, 1)
-        return -40.0 * (x * 11.0 - k) ** 2
-
-
-def _manifest(name: str, fmt: str = "torchscript", **extra: object) -> dict[str, object]:
-    manifest: dict[str, object] = {
-        "name": name,
-        "version": "0.0.1",
-        "anatomy": "thigh",
-        "format": fmt,
-        "weights": "model.pt",
-        "input": {"pixel_mm": 2.0, "size_multiple": 16},
-        "network_labels": {"0": "background"} | {str(i + 1): m for i, m in enumerate(MUSCLES)},
-    }
-    manifest.update(extra)
-    return manifest
+from tests.qmri.seg_oracle import oracle_manifest, write_oracle_model
 
 
 @pytest.fixture
 def oracle_root(tmp_path: Path) -> Path:
-    directory = tmp_path / "models" / "oracle"
-    directory.mkdir(parents=True)
-    with warnings.catch_warnings():
-        # torch 2.13 deprecates TorchScript; admins may still bring TorchScript models
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit")
-        torch.jit.script(Oracle()).save(str(directory / "model.pt"))
-    (directory / "manifest.json").write_text(json.dumps(_manifest("oracle")), "utf-8")
-    return tmp_path / "models"
+    return write_oracle_model(tmp_path / "models")
 
 
 @pytest.fixture
@@ -131,7 +87,7 @@ def test_admin_root_overrides_default(oracle_root: Path) -> None:
     ],
 )
 def test_manifest_fails_closed(oracle_root: Path, change: dict, error: type) -> None:
-    manifest = _manifest("oracle") | change
+    manifest = oracle_manifest("oracle") | change
     with pytest.raises(error):
         validate_manifest(manifest, oracle_root / "oracle")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,37 @@ from repository.services.context import SYSTEM
 from repository.services.pipeline import ingest_directory
 from tests.app_fixtures import PASSWORD, World
 from tests.browser.conftest import browser, chromium_path, live_server  # noqa: F401
+from tests.conftest import missing
 from tests.consent.consent_helpers import BASE_CONSENT, user
 from tests.pipeline.pipeline_helpers import tiny_cohort
+
+#: The NiiVue bundle `make install` copies from npm; without it the viewer cannot draw.
+VENDOR = Path(__file__).resolve().parents[2] / "repository/web/static/vendor/niivue/niivue.js"
+WEBGL_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--ignore-gpu-blocklist",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def webgl_browser(chromium_path: str) -> Iterator[object]:  # noqa: F811
+    """Headless Chromium with software WebGL (SwiftShader), for NiiVue pages."""
+    if not VENDOR.is_file():
+        missing(f"NiiVue is not installed at {VENDOR}: run `make install` (needs npm)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=chromium_path, args=WEBGL_ARGS)
+        yield instance
+        instance.close()
 
 
 @dataclass

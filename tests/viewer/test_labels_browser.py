@@ -4,8 +4,6 @@ viewer page, saves, and the metrics table shows the recomputed volume of the new
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -14,37 +12,11 @@ from sqlalchemy import select
 from repository.models import CorrectedCase, Derivative, MuscleMetric
 from repository.services import jobs
 from tests.app_fixtures import PASSWORD, World
-from tests.browser.conftest import browser, chromium_path, live_server, screenshot  # noqa: F401
-from tests.conftest import missing
+from tests.browser.conftest import screenshot
 from tests.labels.labels_helpers import make_segmented_visit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-VENDOR = Path(__file__).resolve().parents[2] / "repository/web/static/vendor/niivue/niivue.js"
-WEBGL_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--ignore-gpu-blocklist",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ROW = "[data-testid=metrics-table] tr[data-label='1']"  # right biceps femoris long head
-
-
-@pytest.fixture
-def webgl_browser(chromium_path: str) -> Iterator[object]:  # noqa: F811
-    if not VENDOR.is_file():
-        missing(f"NiiVue is not installed at {VENDOR}: run `make install` (needs npm)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path=chromium_path, args=WEBGL_ARGS)
-        yield instance
-        instance.close()
 
 
 def _volume_cell(page) -> float:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,35 +14,9 @@ from flask import Flask
 from repository.services.viewer import LABEL_PALETTE
 from tests.app_fixtures import PASSWORD, World
 from tests.browser.conftest import screenshot
-from tests.conftest import missing
 from tests.viewer.conftest import Cohort
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-VENDOR = Path(__file__).resolve().parents[2] / "repository/web/static/vendor/niivue/niivue.js"
-WEBGL_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--ignore-gpu-blocklist",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def webgl_browser(chromium_path: str) -> Iterator[object]:
-    if not VENDOR.is_file():
-        missing(f"NiiVue is not installed at {VENDOR}: run `make install` (needs npm)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path=chromium_path, args=WEBGL_ARGS)
-        yield instance
-        instance.close()
 
 
 def _pixels(page, selector: str = "[data-testid=viewer-canvas]", index: int = 0) -> np.ndarray:

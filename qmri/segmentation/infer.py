@@ -4,7 +4,9 @@ Steps for an ``(x, y, z)`` volume on RAS axes (axial slices along axis 2):
 
 1. normalise intensities (99.5th percentile -> 1) and resample each slice to the model's pixel
    size (3 mm for ``thigh-unet-v1``), zero-pad to the network's size multiple;
-2. run the network on batches of slices; softmax;
+2. run the network on batches of slices; softmax; by default also on the left-right mirrored
+   slices, mirrored back and averaged (test-time augmentation: the network's classes are
+   muscles without a side, so a mirrored thigh is still a thigh);
 3. resample the class probabilities back to the input grid (linear), arg-max;
 4. map network classes to muscles (manifest ``network_labels``), split left/right
    (:func:`qmri.segmentation.postprocess.split_sides`) and keep the largest 3D component of
@@ -78,12 +80,24 @@ def _softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float32)
 
 
+def _class_probabilities(
+    model: SegmentationModel, batch: NDArray[np.float32], n_classes: int
+) -> NDArray[np.float32]:
+    logits = model.predict_logits(batch)
+    if logits.ndim != 4 or logits.shape[1] != n_classes:
+        raise SegmentationInputError(
+            f"model returned shape {logits.shape}, expected (n, {n_classes}, X, Y)"
+        )
+    return _softmax(logits)
+
+
 def segment_volume(
     image: NDArray[np.floating],
     spacing_mm: tuple[float, float, float] | tuple[float, float],
     model: SegmentationModel,
     *,
     batch_size: int = 8,
+    flip_average: bool = True,
 ) -> SegmentationResult:
     """Segment the 11 thigh muscles of both sides in a volume.
 
@@ -98,6 +112,9 @@ def segment_volume(
         From :func:`qmri.segmentation.load_model`.
     batch_size : int
         Slices per network call.
+    flip_average : bool
+        Average the class probabilities of the slices and of their left-right mirror images
+        (twice the network time; fewer errors at muscle borders).
 
     Returns
     -------
@@ -124,12 +141,12 @@ def segment_volume(
     slices = np.moveaxis(padded, 2, 0)[:, None]  # (z, 1, X, Y)
     log_k = float(np.log(n_classes))
     for start in range(0, nz, batch_size):
-        logits = model.predict_logits(slices[start : start + batch_size])
-        if logits.ndim != 4 or logits.shape[1] != n_classes:
-            raise SegmentationInputError(
-                f"model returned shape {logits.shape}, expected (n, {n_classes}, X, Y)"
-            )
-        prob = _softmax(logits)[:, :, crop[0], crop[1]]
+        batch = slices[start : start + batch_size]
+        prob = _class_probabilities(model, batch, n_classes)
+        if flip_average:
+            mirrored = _class_probabilities(model, batch[:, :, ::-1], n_classes)[:, :, ::-1]
+            prob = 0.5 * (prob + mirrored)
+        prob = prob[:, :, crop[0], crop[1]]
         zoom = (1.0, nx / prob.shape[2], ny / prob.shape[3])
         for i in range(prob.shape[0]):
             p = ndimage.zoom(prob[i], zoom, order=1, grid_mode=True, mode="nearest")

@@ -174,7 +174,7 @@ def _version() -> str:
 @click.option("--rounds", type=int, default=None, help="Data rounds (default: shipped).")
 @click.option("--steps-per-round", type=int, default=None, help="Steps per round.")
 @click.option("--name", default="thigh-unet-v1", show_default=True)
-@click.option("--model-version", default="1.0.0", show_default=True)
+@click.option("--model-version", default=None, help="Version (default: the shipped one).")
 @click.option(
     "--corrections-dir",
     "corrections_dirs",
@@ -189,12 +189,12 @@ def train_segmentation(
     rounds: int | None,
     steps_per_round: int | None,
     name: str,
-    model_version: str,
+    model_version: str | None,
     corrections_dirs: tuple[Path, ...],
 ) -> None:
     """Train the thigh U-Net on synthetic phantoms made from real label maps (CPU, seeded)."""
     from qmri.segmentation import SegmentationError
-    from qmri.segmentation.train import TrainConfig, train_from_labels_dir
+    from qmri.segmentation.train import MODEL_VERSION, TrainConfig, train_from_labels_dir
 
     default = TrainConfig()
     config = dataclasses.replace(
@@ -213,7 +213,7 @@ def train_segmentation(
             out_dir,
             config=config,
             name=name,
-            version=model_version,
+            version=model_version or MODEL_VERSION,
             log=click.echo,
             corrections_dirs=corrections_dirs,
         )

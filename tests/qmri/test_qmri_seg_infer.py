@@ -14,6 +14,7 @@ from qmri.segmentation import (
     ModelFormatError,
     ModelRegistry,
     ModelRegistryError,
+    SegmentationModel,
     UnknownModelError,
     load_model,
     segment_nifti,
@@ -128,6 +129,30 @@ def test_segment_volume_resamples_to_and_from_the_model_grid(oracle_root: Path) 
         result.labels, np.where(labels > 0, np.where(xx[..., None] > 115, 11, 22), 0), [11, 22]
     )
     assert min(dice.values()) > 0.97
+
+
+def test_mirror_averaging_averages_the_mirrored_prediction(oracle_root: Path) -> None:
+    """A network that sees class 1 only in the left half of its input and class 2 weakly
+    everywhere: alone it labels the halves 1 and 2; averaged with its mirror image, class 1's
+    probability halves everywhere and class 2 wins on both sides."""
+    info = load_model("oracle", extra_roots=[oracle_root]).info
+    seen: list[np.ndarray] = []
+
+    def one_sided(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.copy())
+        logits = np.zeros((batch.shape[0], 12, *batch.shape[2:]), dtype=np.float32)
+        logits[:, 1, : batch.shape[2] // 2] = 10.0
+        logits[:, 2] = 6.0
+        return logits
+
+    model = SegmentationModel(info, one_sided)
+    image = np.ones((64, 32, 1), dtype=np.float32)
+    plain = segment_volume(image, (2.0, 2.0, 5.0), model, flip_average=False)
+    assert len(seen) == 1
+    assert {int(v) % 11 for v in np.unique(plain.labels)} == {1, 2}
+    averaged = segment_volume(image, (2.0, 2.0, 5.0), model)
+    np.testing.assert_array_equal(seen[2], seen[1][:, :, ::-1])  # the mirror image was asked
+    assert {int(v) % 11 for v in np.unique(averaged.labels)} == {2}
 
 
 def test_segment_nifti_is_orientation_independent(

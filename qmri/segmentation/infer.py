@@ -49,6 +49,8 @@ class SegmentationResult:
         How left and right were decided.
     model_name, model_version : str
         The model that produced the labels.
+    mirror_averaged : bool
+        Whether the probabilities were averaged with those of the left-right mirror image.
     label_names : dict of int to str
         ``{1: "right_biceps_femoris_long_head", ...}``.
     """
@@ -60,6 +62,7 @@ class SegmentationResult:
     model_name: str
     model_version: str
     label_names: dict[int, str] = field(default_factory=label_names)
+    mirror_averaged: bool = False
 
     def sidecar(self) -> dict[str, Any]:
         """JSON-ready description (the label NIfTI sidecar's core)."""
@@ -71,6 +74,7 @@ class SegmentationResult:
             "SideSplit": {"Mode": self.sides.mode, "MidlineIndex": self.sides.midline_index},
             "Confidence": {str(k): round(v, 4) for k, v in sorted(self.confidence.items())},
             "ConfidenceDefinition": "1 - mean normalised softmax entropy over the label's voxels",
+            "MirrorAveraged": self.mirror_averaged,
         }
 
 
@@ -170,4 +174,5 @@ def segment_volume(
         sides=sides,
         model_name=info.name,
         model_version=info.version,
+        mirror_averaged=flip_average,
     )

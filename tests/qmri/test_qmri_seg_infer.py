@@ -153,6 +153,8 @@ def test_mirror_averaging_averages_the_mirrored_prediction(oracle_root: Path) ->
     averaged = segment_volume(image, (2.0, 2.0, 5.0), model)
     np.testing.assert_array_equal(seen[2], seen[1][:, :, ::-1])  # the mirror image was asked
     assert {int(v) % 11 for v in np.unique(averaged.labels)} == {2}
+    assert averaged.sidecar()["MirrorAveraged"] is True
+    assert plain.sidecar()["MirrorAveraged"] is False
 
 
 def test_segment_nifti_is_orientation_independent(

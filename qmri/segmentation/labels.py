@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from qmri.muscles import THIGH_MUSCLES
+
 __all__ = [
     "MUSCLE_NAMES",
     "N_MUSCLES",
@@ -25,19 +27,7 @@ __all__ = [
 ]
 
 #: The 11 thigh muscles in the issue's order (muscle index = position + 1).
-MUSCLE_NAMES: tuple[str, ...] = (
-    "biceps_femoris_long_head",
-    "biceps_femoris_short_head",
-    "semitendinosus",
-    "semimembranosus",
-    "adductor_magnus",
-    "vastus_intermedius",
-    "vastus_lateralis",
-    "vastus_medialis",
-    "rectus_femoris",
-    "gracilis",
-    "sartorius",
-)
+MUSCLE_NAMES: tuple[str, ...] = THIGH_MUSCLES
 N_MUSCLES: int = len(MUSCLE_NAMES)
 SIDES: tuple[str, str] = ("right", "left")
 LEFT_OFFSET: int = N_MUSCLES

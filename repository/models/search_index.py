@@ -32,25 +32,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from qmri.muscles import THIGH_MUSCLES
 from repository.db import Base
 from repository.models.imaging import MuscleMetric, Subject
 
-#: The 11 thigh muscles (identical to ``qmri.segmentation.labels.MUSCLES``; tested): the
+#: The 11 thigh muscles (:data:`qmri.muscles.THIGH_MUSCLES`, which segmentation uses too): the
 #: position of a muscle is its bit in ``search_profiles.muscle_mask`` and its columns in
 #: ``search_visit_ff`` are ``ff_<position>_<side>``.
-MUSCLES: tuple[str, ...] = (
-    "biceps_femoris_long_head",
-    "biceps_femoris_short_head",
-    "semitendinosus",
-    "semimembranosus",
-    "adductor_magnus",
-    "vastus_intermedius",
-    "vastus_lateralis",
-    "vastus_medialis",
-    "rectus_femoris",
-    "gracilis",
-    "sartorius",
-)
+MUSCLES: tuple[str, ...] = THIGH_MUSCLES
 
 
 def ff_column(muscle: str, side: str) -> str:

@@ -89,7 +89,7 @@ SAMPLE_MAX = 2_500  # above this many matching subjects the heat map is sampled 
 #: Metric name → unit, as written by the upload pipeline in ``muscle_metrics``.
 METRICS: dict[str, str] = {"ff_mean": "%", "t2w_mean": "ms", "volume_ml": "ml"}
 METRIC_LABELS = {"ff_mean": "fat fraction", "t2w_mean": "water T2", "volume_ml": "volume"}
-#: The 11 thigh muscles (identical to ``qmri.segmentation.labels.MUSCLE_NAMES``; tested).
+#: The 11 thigh muscles (:data:`qmri.muscles.THIGH_MUSCLES`).
 MUSCLES = search_index.MUSCLES
 SIDES = ("L", "R", "any")
 SEXES = ("F", "M", "O")
